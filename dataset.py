@@ -1,0 +1,504 @@
+"""Reading a CK+ copy: index its sequences, choose AUs, encode labels, hold the face crops.
+
+Files are paired by the subject, sequence and frame numbers in their names, never by
+their position in a directory listing (the original's defect: listing order is
+arbitrary on Linux, and one stray Thumbs.db shifted every label onto the wrong image).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import zipfile
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence as Seq
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+import preprocess
+from utils import UserError
+
+log = logging.getLogger("au")
+
+DEFAULT_AUS = (1, 2, 4, 5, 6, 7, 12, 15, 17, 25)
+NUM_LANDMARKS = 68
+MAX_AU = 99  # FACS codes stop below 100; anything else in a label file is garbage
+MAX_INTENSITY = 5
+CACHE_VERSION = 1
+
+_NAME = {
+    "frame": re.compile(r"^(S\d+)_(\d+)_(\d+)\.png$", re.IGNORECASE),
+    "facs": re.compile(r"^(S\d+)_(\d+)_(\d+)_facs\.txt$", re.IGNORECASE),
+    "landmarks": re.compile(r"^(S\d+)_(\d+)_(\d+)_landmarks\.txt$", re.IGNORECASE),
+    "emotion": re.compile(r"^(S\d+)_(\d+)_(\d+)_emotion\.txt$", re.IGNORECASE),
+}
+_ROLE = {"frame": "DATA_DIR", "facs": "LABEL_DIR", "landmarks": "LANDMARK_DIR", "emotion": "EMOTION_DIR"}
+_CKPLUS_SUBDIRS = {
+    "frame": "cohn-kanade-images",
+    "facs": "FACS_labels/FACS",
+    "landmarks": "Landmarks/Landmarks",
+}
+
+
+class DataError(UserError):
+    """A bad file in a CK+ copy; `reason` is a short category for the --skip-bad summary."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class Sequence:
+    """One CK+ sequence, reduced to its FACS-coded peak frame."""
+
+    subject: str
+    sequence: str
+    frame: int
+    image_path: Path
+    landmarks: np.ndarray = field(repr=False)
+    aus: dict[int, float]
+    emotion: int | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.subject}_{self.sequence}"
+
+
+# ----------------------------------------------------------------------------- scanning
+
+
+def _is_junk(name: str) -> bool:
+    # .DS_Store, AppleDouble ._* files, Thumbs.db and other hidden/system files
+    return name.startswith(".") or name.lower() in {"thumbs.db", "desktop.ini"}
+
+
+def _scan(root: Path) -> dict[str, dict[tuple[str, str, int], Path]]:
+    """Every CK+ file under `root`, by kind, keyed by (subject, sequence, frame)."""
+    found: dict[str, dict[tuple[str, str, int], Path]] = {kind: {} for kind in _NAME}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not _is_junk(d)]
+        for name in filenames:
+            if _is_junk(name):
+                continue
+            for kind, pattern in _NAME.items():
+                m = pattern.match(name)
+                if m:
+                    key = (m.group(1).upper(), m.group(2), int(m.group(3)))
+                    found[kind][key] = Path(dirpath) / name
+                    break
+    return found
+
+
+def _check_dir(path: Path, role: str) -> None:
+    if not path.exists():
+        raise UserError(f"{role} {path} does not exist: check the path")
+    if not path.is_dir():
+        raise UserError(f"{role} {path} is not a directory: give the folder, not a file")
+
+
+def _empty_dir_message(path: Path, role: str, found: dict[str, dict]) -> str:
+    """Why a directory holds none of what its role needs, with a hint if paths look swapped."""
+    expected = {"DATA_DIR": "frame", "LABEL_DIR": "facs", "LANDMARK_DIR": "landmarks"}[role]
+    example = {
+        "frame": "S005_001_00000011.png",
+        "facs": "S005_001_00000011_facs.txt",
+        "landmarks": "S005_001_00000011_landmarks.txt",
+    }[expected]
+    msg = f"{role} {path} holds no CK+ files like {example}"
+    present = [kind for kind in ("frame", "facs", "landmarks", "emotion") if found[kind]]
+    if present:
+        roles = " / ".join(_ROLE[kind] for kind in present)
+        msg += f"; it looks like the {roles}: are the three paths in the order DATA_DIR LABEL_DIR LANDMARK_DIR?"
+    else:
+        msg += f"; in a CK+ copy it is the folder {_CKPLUS_SUBDIRS[expected]}"
+    return msg
+
+
+# ----------------------------------------------------------------------------- file parsers
+
+
+def _read_numbers(path: Path, what: str) -> list[list[float]]:
+    try:
+        text = path.read_text(encoding="ascii", errors="strict")
+    except UnicodeDecodeError:
+        raise DataError(f"{what} {path} is not a text file: replace it with the original", f"garbled {what}")
+    except OSError as e:
+        raise DataError(f"cannot read {what} {path}: {e.strerror}", f"unreadable {what}")
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append([float(v) for v in line.split()])
+        except ValueError:
+            raise DataError(
+                f"{what} {path} line {lineno} is not numeric ({line.strip()[:40]!r}): fix or remove the file, or pass --skip-bad",
+                f"garbled {what}",
+            )
+    return rows
+
+
+def read_facs(path: Path) -> dict[int, float]:
+    """A FACS file: one `AU intensity` pair a line -> {AU: intensity}."""
+    rows = _read_numbers(path, "FACS file")
+    if not rows:
+        raise DataError(f"FACS file {path} is empty: restore it from the CK+ archive, or pass --skip-bad", "empty FACS file")
+    aus: dict[int, float] = {}
+    for lineno, row in enumerate(rows, 1):
+        if len(row) != 2:
+            raise DataError(
+                f"FACS file {path} line {lineno} has {len(row)} numbers, expected 2 (AU, intensity): fix it, or pass --skip-bad",
+                "malformed FACS file",
+            )
+        au, intensity = row
+        if not (math.isfinite(au) and au == int(au) and 1 <= au <= MAX_AU):
+            raise DataError(
+                f"FACS file {path} line {lineno} has an impossible AU code {au:g} (AUs are whole numbers 1-{MAX_AU}): fix it, or pass --skip-bad",
+                "impossible AU code",
+            )
+        if not (math.isfinite(intensity) and 0 <= intensity <= MAX_INTENSITY):
+            raise DataError(
+                f"FACS file {path} line {lineno} has an impossible intensity {intensity:g} (0-{MAX_INTENSITY}): fix it, or pass --skip-bad",
+                "impossible AU intensity",
+            )
+        aus[int(au)] = max(intensity, aus.get(int(au), 0.0))
+    return dict(sorted(aus.items()))
+
+
+def read_landmarks(path: Path) -> np.ndarray:
+    """A landmark file: 68 lines of `x y` pixels -> (68, 2) float32."""
+    rows = _read_numbers(path, "landmark file")
+    if len(rows) != NUM_LANDMARKS or any(len(r) != 2 for r in rows):
+        raise DataError(
+            f"landmark file {path} has {len(rows)} points, expected {NUM_LANDMARKS} lines of 'x y': restore it, or pass --skip-bad",
+            "bad landmark file",
+        )
+    pts = np.asarray(rows, dtype=np.float64)
+    if not np.isfinite(pts).all():
+        raise DataError(f"landmark file {path} holds non-finite values (nan/inf): restore it, or pass --skip-bad", "bad landmark file")
+    return pts.astype(np.float32)
+
+
+def read_emotion(path: Path) -> int:
+    rows = _read_numbers(path, "emotion file")
+    if len(rows) != 1 or len(rows[0]) != 1 or rows[0][0] not in range(1, 8):
+        raise DataError(f"emotion file {path} should hold one code 1-7: fix it, or pass --skip-bad", "bad emotion file")
+    return int(rows[0][0])
+
+
+# ----------------------------------------------------------------------------- index
+
+
+def index_ckplus(
+    data_dir: str | os.PathLike,
+    label_dir: str | os.PathLike,
+    landmark_dir: str | os.PathLike,
+    *,
+    emotion_dir: str | os.PathLike | None = None,
+    skip_bad: bool = False,
+) -> list[Sequence]:
+    """One record per sequence that has a FACS file, sorted by subject and sequence.
+
+    A bad sequence raises DataError naming the file; with `skip_bad` it is logged as a
+    warning and left out, and a summary says how many were skipped and why.
+    """
+    dirs = {"DATA_DIR": Path(data_dir), "LABEL_DIR": Path(label_dir), "LANDMARK_DIR": Path(landmark_dir)}
+    for role, path in dirs.items():
+        _check_dir(path, role)
+    scans = {role: _scan(path) for role, path in dirs.items()}
+    for role, kind in (("DATA_DIR", "frame"), ("LABEL_DIR", "facs"), ("LANDMARK_DIR", "landmarks")):
+        if not scans[role][kind]:
+            raise UserError(_empty_dir_message(dirs[role], role, scans[role]))
+    emotions: dict[tuple[str, str, int], Path] = {}
+    if emotion_dir is not None:
+        _check_dir(Path(emotion_dir), "EMOTION_DIR")
+        emotions = _scan(Path(emotion_dir))["emotion"]
+
+    frames: dict[tuple[str, str], dict[int, Path]] = defaultdict(dict)
+    for (subject, seq, frame), path in scans["DATA_DIR"]["frame"].items():
+        frames[subject, seq][frame] = path
+    landmarks = scans["LANDMARK_DIR"]["landmarks"]
+    emotion_by_seq = {(s, q): p for (s, q, _), p in emotions.items()}
+
+    records: list[Sequence] = []
+    skipped: list[DataError] = []
+    for (subject, seq, facs_frame), facs_path in sorted(scans["LABEL_DIR"]["facs"].items()):
+        try:
+            records.append(
+                _make_record(subject, seq, facs_frame, facs_path, frames.get((subject, seq), {}),
+                             landmarks, emotion_by_seq.get((subject, seq)), dirs)
+            )
+        except DataError as e:
+            if not skip_bad:
+                raise
+            log.warning("skipping %s_%s: %s", subject, seq, e)
+            skipped.append(e)
+    if skipped:
+        reasons = Counter(e.reason for e in skipped)
+        detail = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+        log.warning("skipped %d of %d sequences (--skip-bad): %s", len(skipped), len(skipped) + len(records), detail)
+    if not records:
+        raise UserError(f"no usable CK+ sequences in {dirs['LABEL_DIR']}: every FACS file was skipped (see the warnings above)")
+    return records
+
+
+def _make_record(subject, seq, facs_frame, facs_path, seq_frames, landmarks, emotion_path, dirs) -> Sequence:
+    if not seq_frames:
+        raise DataError(
+            f"FACS file {facs_path} has no frames: expected {subject}_{seq}_*.png under "
+            f"{dirs['DATA_DIR'] / subject / seq}; restore them, or pass --skip-bad",
+            "no frames",
+        )
+    peak = max(seq_frames)
+    if facs_frame != peak:
+        # The labels describe the frame they are named after; trust that over the folder.
+        if facs_frame not in seq_frames:
+            raise DataError(
+                f"FACS file {facs_path} codes frame {facs_frame}, which is not among the frames of "
+                f"{dirs['DATA_DIR'] / subject / seq}: restore it, or pass --skip-bad",
+                "no frames",
+            )
+        log.warning("%s_%s: FACS file codes frame %d but the last frame is %d; using frame %d",
+                    subject, seq, facs_frame, peak, facs_frame)
+        peak = facs_frame
+    lmk_path = landmarks.get((subject, seq, peak))
+    if lmk_path is None:
+        raise DataError(
+            f"no landmark file {subject}_{seq}_{peak:08d}_landmarks.txt for the peak frame {seq_frames[peak]} "
+            f"under {dirs['LANDMARK_DIR']}: restore it, or pass --skip-bad",
+            "no landmarks",
+        )
+    return Sequence(
+        subject=subject,
+        sequence=seq,
+        frame=peak,
+        image_path=seq_frames[peak],
+        landmarks=read_landmarks(lmk_path),
+        aus=read_facs(facs_path),
+        emotion=read_emotion(emotion_path) if emotion_path is not None else None,
+    )
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def label_counts(records: Iterable[Sequence]) -> dict[int, int]:
+    """Every AU coded in `records` and the number of sequences coding it, by AU."""
+    counts = Counter(au for r in records for au in r.aus)
+    return dict(sorted(counts.items()))
+
+
+def parse_au_list(text: str) -> list[int]:
+    """'1,2,4' or 'AU1 AU2' -> [1, 2, 4] (for --aus)."""
+    items = [t for t in re.split(r"[,\s]+", text.strip()) if t]
+    try:
+        aus = sorted({int(t.upper().removeprefix("AU")) for t in items})
+    except ValueError:
+        raise UserError(f"--aus {text!r} is not a list of AU numbers: write it like --aus 1,2,4,12")
+    if not aus or any(not 1 <= a <= MAX_AU for a in aus):
+        raise UserError(f"--aus {text!r}: AU numbers run from 1 to {MAX_AU}")
+    return aus
+
+
+def select_aus(records: Seq[Sequence], aus: Iterable[int] | None = None, min_count: int | None = None) -> list[int]:
+    """The AUs to recognise, sorted: a fixed list, or those coded in more than `min_count` sequences."""
+    if aus is not None and min_count is not None:
+        raise UserError("--aus and --min-count both choose the AUs: give one of them")
+    if min_count is not None:
+        chosen = [au for au, n in label_counts(records).items() if n > min_count]
+        if not chosen:
+            raise UserError(f"--min-count {min_count}: no AU is coded in more than {min_count} sequences; lower it")
+        return chosen
+    return sorted(set(DEFAULT_AUS if aus is None else aus))
+
+
+def encode_labels(records: Seq[Sequence], aus: Seq[int]) -> np.ndarray:
+    """Multi-hot (N, len(aus)) float32: 1 where the sequence codes the AU, at any intensity."""
+    labels = np.zeros((len(records), len(aus)), dtype=np.float32)
+    column = {au: j for j, au in enumerate(aus)}
+    for i, r in enumerate(records):
+        for au in r.aus:
+            if au in column:
+                labels[i, column[au]] = 1.0
+    return labels
+
+
+# ----------------------------------------------------------------------------- crops
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "au-recognition"
+
+
+def _decode_and_crop(image_path: Path, landmarks: np.ndarray, size: int, crop: str, margin: float) -> np.ndarray:
+    try:
+        with Image.open(image_path) as img:
+            img.load()
+            return preprocess.crop_face(img, landmarks, size, crop, margin)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if isinstance(e, ValueError) and "outside the frame" in str(e):
+            raise DataError(f"the landmarks of {image_path} lie outside the frame: check its landmark file, or pass --skip-bad",
+                            "landmarks outside frame")
+        raise DataError(f"image {image_path} will not decode ({type(e).__name__}: {e}): replace it, or pass --skip-bad",
+                        "image will not decode")
+
+
+def _crop_one(args) -> np.ndarray | DataError:
+    try:
+        return _decode_and_crop(*args)
+    except DataError as e:
+        return e
+
+
+def _cache_key(records: Seq[Sequence], size: int, crop: str, margin: float) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"v": CACHE_VERSION, "size": size, "crop": crop,
+                         "margin": margin if crop == "square" else None}).encode())
+    for r in records:
+        try:
+            st = os.stat(r.image_path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"{r.id}|{r.frame}|{os.path.abspath(r.image_path)}|{stamp}|".encode())
+        h.update(np.ascontiguousarray(r.landmarks, dtype=np.float32).tobytes())
+    return h.hexdigest()[:20]
+
+
+def _load_cache(path: Path, records: Seq[Sequence], size: int):
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ids, images, skipped_ids, skipped_msgs = z["ids"], z["images"], z["skipped_ids"], z["skipped_msgs"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+        log.warning("crop cache %s is unreadable (%s); rebuilding it", path, e)
+        return None
+    expected = {r.id for r in records}
+    if images.shape[1:] != (size, size) or images.dtype != np.uint8 or len(ids) != len(images) \
+            or set(ids.tolist()) | set(skipped_ids.tolist()) != expected:
+        log.warning("crop cache %s does not match the data; rebuilding it", path)
+        return None
+    return ids.tolist(), images, list(zip(skipped_ids.tolist(), skipped_msgs.tolist()))
+
+
+def load_crops(
+    records: Seq[Sequence],
+    *,
+    size: int,
+    crop: str = "square",
+    margin: float = preprocess.DEFAULT_MARGIN,
+    cache_dir: str | os.PathLike | None = None,
+    workers: int = 0,
+    skip_bad: bool = False,
+) -> tuple[list[Sequence], np.ndarray]:
+    """Decode, crop and resize every peak frame once -> (kept records, uint8 (N, size, size)).
+
+    The result is cached in `cache_dir` (None: no disk cache) under a key made of the crop
+    settings and every frame's path, size and mtime plus its landmarks, so a second run
+    reads one file and decodes no PNG, and a changed frame or setting misses the cache.
+    """
+    cache_path = None
+    if cache_dir is not None:
+        cache_path = Path(cache_dir) / f"crops-{_cache_key(records, size, crop, margin)}.npz"
+        cached = _load_cache(cache_path, records, size)
+        if cached is not None:
+            ids, images, skipped = cached
+            if skipped and not skip_bad:
+                raise UserError(skipped[0][1])
+            for seq_id, msg in skipped:
+                log.warning("skipping %s: %s", seq_id, msg)
+            by_id = {r.id: r for r in records}
+            log.debug("crop cache hit: %s", cache_path)
+            return [by_id[i] for i in ids], images
+
+    jobs = [(r.image_path, r.landmarks, size, crop, margin) for r in records]
+    if workers > 0 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_crop_one, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+    else:
+        results = [_crop_one(job) for job in jobs]
+
+    kept, images, skipped = [], [], []
+    for r, res in zip(records, results):
+        if isinstance(res, DataError):
+            if not skip_bad:
+                raise res
+            log.warning("skipping %s: %s", r.id, res)
+            skipped.append((r.id, str(res)))
+        else:
+            kept.append(r)
+            images.append(res)
+    if skipped:
+        log.warning("skipped %d of %d sequences whose frames could not be used (--skip-bad)", len(skipped), len(records))
+    if not kept:
+        raise UserError("no usable frames: every peak frame failed to decode (see the warnings above)")
+    array = np.stack(images)
+    if cache_path is not None:
+        _save_cache(cache_path, kept, array, skipped)
+    return kept, array
+
+
+def _save_cache(path: Path, records: Seq[Sequence], images: np.ndarray, skipped: list[tuple[str, str]]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as f:
+            np.savez(f, ids=np.array([r.id for r in records]), images=images,
+                     skipped_ids=np.array([s[0] for s in skipped], dtype=str),
+                     skipped_msgs=np.array([s[1] for s in skipped], dtype=str))
+        os.replace(tmp, path)
+    except OSError as e:
+        # A cache is an optimisation: failing to write one must not stop a run.
+        log.warning("could not write the crop cache %s (%s); continuing without it", path, e.strerror or e)
+
+
+class CKPlusDataset(torch.utils.data.Dataset):
+    """Peak-frame face crops (uint8, held in memory) with multi-hot AU labels.
+
+    `images` is (N, 1, size, size) uint8 and `labels` (N, A) float32, both tensors, so a
+    training loop can index whole batches directly; `__getitem__` serves a DataLoader.
+    Normalisation happens later, per batch, on the training device (preprocess.prepare_batch).
+    """
+
+    def __init__(
+        self,
+        records: Seq[Sequence],
+        aus: Seq[int],
+        *,
+        size: int,
+        crop: str = "square",
+        margin: float = preprocess.DEFAULT_MARGIN,
+        cache_dir: str | os.PathLike | None = None,
+        workers: int = 0,
+        skip_bad: bool = False,
+    ):
+        self.aus = list(aus)
+        self.records, crops = load_crops(records, size=size, crop=crop, margin=margin,
+                                         cache_dir=cache_dir, workers=workers, skip_bad=skip_bad)
+        self.images = torch.from_numpy(crops).unsqueeze(1)
+        self.labels = torch.from_numpy(encode_labels(self.records, self.aus))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.labels[i]
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.id for r in self.records]
+
+    @property
+    def subjects(self) -> list[str]:
+        return [r.subject for r in self.records]
