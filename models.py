@@ -1,0 +1,263 @@
+"""Backbones for AU recognition: a torchvision ImageNet classifier with its last layer
+swapped for a multi-label AU head.
+
+`build_model` is the one factory. It takes the original program's names (alexnet, vgg16,
+vgg16_bn, vgg19, res18, res50, res101, inception) or any torchvision classification model
+name, loads ImageNet weights through torchvision's weights API and its cache, and returns an
+`AUNet`: `backbone` (penultimate features, shape (B, F)) followed by `head` (one logit per AU).
+Input size and normalisation come from the weights' own metadata (`model_config`), never from
+literals.
+
+Two design points a reader should know:
+
+- The ImageNet classifier is found generically: the last layer with 1000 outputs, either a
+  `Linear` or (squeezenet) a 1x1 `Conv2d`. It becomes `nn.Identity`, so the backbone ends in
+  the features that classifier saw. For squeezenet that means the AU head is a `Linear` on the
+  pooled 512 channels, which is the same map as a 1x1 conv before the pooling; the ReLU that
+  followed squeezenet's classifier conv is then a no-op, since the features are already
+  non-negative.
+- inception_v3 is always built with `transform_input=True` and its auxiliary classifier,
+  pretrained or not, as torchvision builds it with ImageNet weights. Checkpoints therefore load
+  into a model built either way, and the model sees the same input transform in training and
+  in evaluation. That transform maps ImageNet-normalised input to the [-1, 1] range Google's
+  weights expect; with the original's 0.5/0.5 normalisation it distorts the input slightly,
+  exactly as it did in the original program.
+"""
+from __future__ import annotations
+
+import difflib
+import http.client
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import get_model, get_model_weights, list_models
+
+from utils import UserError
+
+# The original program's model names, and the torchvision model each one means.
+ALIASES = {
+    "alexnet": "alexnet",
+    "vgg16": "vgg16",
+    "vgg16_bn": "vgg16_bn",
+    "vgg19": "vgg19",
+    "res18": "resnet18",
+    "res50": "resnet50",
+    "res101": "resnet101",
+    "inception": "inception_v3",
+}
+
+# Weight of inception's auxiliary loss, as in torchvision's classification recipe.
+AUX_WEIGHT = 0.4
+# inception's auxiliary branch runs a 5x5 conv on a map that is 5x5 only from 299x299 inputs up.
+INCEPTION_AUX_MIN_SIZE = 299
+
+# Used only for a model that has no ImageNet weights to take them from.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_FALLBACK_SIZE = 224
+_IMAGENET_CLASSES = 1000
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the data pipeline needs to know about a backbone."""
+
+    name: str  # as the user gave it ("res18")
+    arch: str  # torchvision's name ("resnet18")
+    input_size: int  # side of the square input the weights were trained at
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights_file: str | None  # file name in torch's hub checkpoints folder
+    weights_url: str | None
+
+
+def list_aliases() -> list[str]:
+    """The original program's model names, for --help."""
+    return list(ALIASES)
+
+
+def _torchvision_models() -> list[str]:
+    return list_models(module=torchvision.models)
+
+
+def resolve_arch(name: str) -> str:
+    """The torchvision model behind `name`, or a UserError with the closest valid name."""
+    if name in ALIASES:
+        return ALIASES[name]
+    known = _torchvision_models()
+    if name in known:
+        return name
+    close = difflib.get_close_matches(name.lower(), list(ALIASES) + known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise UserError(f"unknown model {name!r}: choose one of {', '.join(ALIASES)} "
+                    f"or a torchvision classification model{hint}")
+
+
+def _default_weights(arch: str):
+    return get_model_weights(arch).DEFAULT
+
+
+def model_config(name: str) -> ModelConfig:
+    """Input size, normalisation and weights file of a model, from its DEFAULT ImageNet weights."""
+    arch = resolve_arch(name)
+    weights = _default_weights(arch)
+    if weights is None:
+        return ModelConfig(name, arch, _FALLBACK_SIZE, _IMAGENET_MEAN, _IMAGENET_STD, None, None)
+    transform = weights.transforms()
+    return ModelConfig(
+        name=name,
+        arch=arch,
+        input_size=int(transform.crop_size[0]),
+        mean=tuple(float(v) for v in transform.mean),
+        std=tuple(float(v) for v in transform.std),
+        weights_file=Path(urlparse(weights.url).path).name,
+        weights_url=weights.url,
+    )
+
+
+class AUNet(nn.Module):
+    """A backbone giving (B, F) features and a linear head giving (B, num_aus) AU logits.
+
+    In eval mode `model(x)` is exactly `model.head(model.backbone(x))`, which lets main.py
+    cache the frozen backbone's features and train the head alone. In training, inception
+    (not frozen) returns `(logits, aux_logits)`; the loss weighs the second by `AUX_WEIGHT`.
+    """
+
+    def __init__(self, backbone: nn.Module, num_features: int, num_aus: int, config: ModelConfig,
+                 aux_features: int | None = None, frozen: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(num_features, num_aus)
+        self.aux_head = nn.Linear(aux_features, num_aus) if aux_features is not None else None
+        self.num_aus = num_aus
+        self.config = config
+        self.frozen = frozen
+        if frozen:
+            # The aux branch never runs on a frozen backbone (it stays in eval mode), so its
+            # head is frozen too rather than left as parameters that never get a gradient.
+            self.backbone.requires_grad_(False)
+            if self.aux_head is not None:
+                self.aux_head.requires_grad_(False)
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> AUNet:
+        """As nn.Module.train, except that a frozen backbone always stays in eval mode:
+        its BatchNorm statistics and dropout are part of what is frozen."""
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        aux_runs = self.aux_head is not None and self.backbone.training
+        if aux_runs and min(x.shape[-2:]) < INCEPTION_AUX_MIN_SIZE:
+            raise UserError(f"{self.config.name} trains its auxiliary head on inputs of at least "
+                            f"{INCEPTION_AUX_MIN_SIZE}x{INCEPTION_AUX_MIN_SIZE}, got {x.shape[-2]}x{x.shape[-1]}: "
+                            f"pass --image-size {INCEPTION_AUX_MIN_SIZE} or more, or --freeze-backbone")
+        out = self.backbone(x)
+        if isinstance(out, tuple):  # inception in training: (features, aux features)
+            features, aux = out
+            return self.head(features), self.aux_head(aux)
+        return self.head(out)
+
+
+def _builder_kwargs(config: ModelConfig, pretrained: bool) -> dict:
+    """Constructor options that make a model built from scratch match the pretrained one,
+    so a checkpoint trained either way loads into either."""
+    kwargs: dict = {}
+    if config.arch == "inception_v3":
+        kwargs.update(aux_logits=True, transform_input=True)
+    elif config.arch == "googlenet":
+        kwargs.update(transform_input=True)
+        if not pretrained:
+            kwargs.update(aux_logits=False)  # torchvision drops them from the pretrained one
+    if config.arch in ("inception_v3", "googlenet") and not pretrained:
+        kwargs.update(init_weights=True)  # torchvision's own init, stated to silence its warning
+    if config.arch.startswith("vit_") and not pretrained:
+        kwargs.update(image_size=config.input_size)  # positional embeddings are sized for it
+    return kwargs
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    text = text[0] if text else type(error).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+# What a failed download raises: urllib and socket errors are OSErrors; a broken connection
+# can surface as an http.client error; torch.hub raises RuntimeError on a hash mismatch.
+_DOWNLOAD_ERRORS = (OSError, http.client.HTTPException, RuntimeError)
+# What loading a truncated or foreign file raises.
+_UNREADABLE_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError,
+                      KeyError)
+
+
+def _pretrained_model(config: ModelConfig, kwargs: dict) -> nn.Module:
+    """torchvision's model with its DEFAULT ImageNet weights, from the hub cache or downloaded
+    into it; every way this can fail offline is a one-line UserError saying what to do."""
+    weights = _default_weights(config.arch)
+    if weights is None:
+        raise UserError(f"torchvision has no ImageNet weights for {config.name}: pass --no-pretrained")
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    cached = folder / config.weights_file
+    if cached.is_file():
+        try:
+            return get_model(config.arch, weights=weights, **kwargs)
+        except _UNREADABLE_ERRORS as e:
+            raise UserError(f"cannot load the ImageNet weights {cached} ({_reason(e)}): the file is damaged or "
+                            f"not {config.arch}'s; delete it and run again to download it afresh, "
+                            f"or pass --no-pretrained") from e
+    try:
+        return get_model(config.arch, weights=weights, **kwargs)
+    except _DOWNLOAD_ERRORS as e:
+        if isinstance(e, RuntimeError) and not any(w in str(e).lower() for w in ("download", "hash", "url")):
+            raise  # not a download problem: a bug, keep its traceback
+        raise UserError(f"no ImageNet weights for {config.name} offline ({_reason(e)}): put {config.weights_file} "
+                        f"(from {config.weights_url}) in {folder}/, or pass --no-pretrained to train from "
+                        f"scratch") from e
+
+
+def _find_classifier(model: nn.Module, num_classes: int, name: str) -> tuple[str, int]:
+    """Dotted path and input width of the ImageNet classifier: the last layer with
+    `num_classes` outputs, a Linear or a 1x1 Conv2d (squeezenet)."""
+    found = None
+    for path, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module.out_features == num_classes:
+            found = (path, module.in_features)
+        elif (isinstance(module, nn.Conv2d) and module.out_channels == num_classes
+              and module.kernel_size == (1, 1) and module.groups == 1):
+            found = (path, module.in_channels)
+    if found is None:
+        raise UserError(f"model {name} is not supported: it has no {num_classes}-way linear classifier to replace "
+                        f"with the AU head; choose another --model")
+    return found
+
+
+def build_model(name: str, num_aus: int, pretrained: bool = True, freeze_backbone: bool = False) -> AUNet:
+    """An `AUNet` for `name` with a fresh `num_aus`-unit head.
+
+    pretrained: ImageNet weights from torchvision (its hub cache, downloaded if missing);
+    otherwise torchvision's own random initialisation. freeze_backbone: only the head trains
+    and the backbone stays in eval mode, as in the original program.
+    """
+    config = model_config(name)
+    kwargs = _builder_kwargs(config, pretrained)
+    if pretrained:
+        model = _pretrained_model(config, kwargs)
+    else:
+        model = get_model(config.arch, weights=None, **kwargs)
+    weights = _default_weights(config.arch)
+    num_classes = len(weights.meta["categories"]) if weights is not None else _IMAGENET_CLASSES
+    path, num_features = _find_classifier(model, num_classes, name)
+    model.set_submodule(path, nn.Identity())
+    aux_features = None
+    if getattr(model, "AuxLogits", None) is not None:  # inception_v3
+        aux_features = model.AuxLogits.fc.in_features
+        model.AuxLogits.fc = nn.Identity()
+    return AUNet(model, num_features, num_aus, config, aux_features=aux_features, frozen=freeze_backbone)
