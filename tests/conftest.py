@@ -1,0 +1,72 @@
+"""Shared fixtures: a small synthetic CK+ tree, and caches kept out of the user's home."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import synthetic
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_caches(tmp_path_factory):
+    """Crop caches, the demo tree and torchvision's weight cache live in a temporary folder,
+    so the suite neither reads nor fills the user's ~/.cache and never finds ImageNet weights."""
+    base = tmp_path_factory.mktemp("home")
+    saved = {k: os.environ.get(k) for k in ("XDG_CACHE_HOME", "TORCH_HOME")}
+    os.environ["XDG_CACHE_HOME"] = str(base / "cache")
+    os.environ["TORCH_HOME"] = str(base / "torch")
+    yield base
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@dataclass
+class CK:
+    """A synthetic CK+ copy: its root, the three folders main.py takes, and what was written."""
+
+    root: Path
+    summary: synthetic.SyntheticSummary
+
+    @property
+    def images(self) -> Path:
+        return self.root / "cohn-kanade-images"
+
+    @property
+    def facs(self) -> Path:
+        return self.root / "FACS_labels" / "FACS"
+
+    @property
+    def landmarks(self) -> Path:
+        return self.root / "Landmarks" / "Landmarks"
+
+    @property
+    def dirs(self) -> list[str]:
+        return [str(self.images), str(self.facs), str(self.landmarks)]
+
+
+@pytest.fixture(scope="session")
+def ck(tmp_path_factory) -> CK:
+    """8 subjects, about 40 sequences: enough for 3 subject-independent folds."""
+    root = tmp_path_factory.mktemp("ckplus") / "ck"
+    return CK(root, synthetic.generate(root, subjects=8, seed=0))
+
+
+# Settings that make a complete k-fold run take seconds on a CPU.
+FAST = ["--model", "alexnet", "--no-pretrained", "--epochs", "2", "--kfold", "3", "-b", "8",
+        "--image-size", "64", "-j", "0", "--quiet"]
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
+    """Run `python main.py ARGS` in a subprocess, as a user would -> CompletedProcess (text)."""
+    return subprocess.run([sys.executable, str(REPO / "main.py"), *map(str, args)], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
