@@ -15,8 +15,10 @@ import logging
 import math
 import os
 import shlex
+import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -49,11 +51,22 @@ DEMO = dict(subjects=60, model="res18", epochs=18, step=6, gamma=0.5, batch_size
 # ----------------------------------------------------------------------------- arguments
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" where a flag has a value default and its help does not state one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default:" in text or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="main.py",
         description="Train and evaluate facial Action Unit recognisers on CK+ (k-fold cross-validation).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     d = p.add_argument_group("data")
     d.add_argument("data_dir", nargs="?", metavar="DATA_DIR", help="CK+ frames: .../cohn-kanade-images")
@@ -75,8 +88,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(default: weights)")
     d.add_argument("--augment", action="store_true", help="random flips and small affine jitter on training batches")
     d.add_argument("--skip-bad", action="store_true", help="skip bad sequences with a warning instead of stopping")
-    d.add_argument("--cache-dir", metavar="DIR", default=str(dataset.default_cache_dir()),
-                   help="where face crops (and the demo's synthetic CK+) are cached")
+    d.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="where face crops (and the demo's synthetic CK+) are cached (default: "
+                        "$XDG_CACHE_HOME/au-recognition, or ~/.cache/au-recognition)")
     d.add_argument("--no-cache", action="store_true", help="do not read or write the crop cache")
 
     m = p.add_argument_group("model")
@@ -121,8 +135,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("-e", "--evaluate", action="store_true",
                    help="evaluate the checkpoints named by --resume on their own test folds")
     r.add_argument("--output-dir", metavar="DIR", default=None, help="run folder (default: runs/<model>-<time>)")
-    r.add_argument("-j", "--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
-                   help="processes that decode and crop frames when the crop cache is cold (0: in this process)")
+    r.add_argument("-j", "--workers", type=int, default=None, metavar="N",
+                   help="processes that decode and crop frames when the crop cache is cold (0: in this process) "
+                        "(default: one per CPU core, at most 4)")
     r.add_argument("--seed", type=int, default=0, metavar="S", help="seed for weights, batch order and augmentation")
     r.add_argument("--device", default="auto", metavar="DEV", help="auto (CUDA when present), cpu, cuda or cuda:N")
     r.add_argument("--amp", action="store_true", help="mixed precision on CUDA (autocast + GradScaler)")
@@ -179,6 +194,10 @@ def fill_defaults(args: argparse.Namespace) -> None:
     """Defaults that depend on other flags: stated in --help, applied here."""
     if args.model is None:
         args.model = "alexnet"
+    if args.cache_dir is None:
+        args.cache_dir = str(dataset.default_cache_dir())
+    if args.workers is None:
+        args.workers = min(4, os.cpu_count() or 1)
     if args.crop is None:
         args.crop = "square"
     if args.norm is None:
@@ -199,16 +218,30 @@ def adopt_saved_settings(args: argparse.Namespace, saved: dict, source: Path) ->
             setattr(args, key, value)
 
 
-def prepare_demo(args: argparse.Namespace) -> None:
-    """Point the run at a cached synthetic CK+ and small settings that finish in minutes on a CPU."""
+def demo_root(cache_dir: str | None = None) -> Path:
+    """Where --demo keeps its synthetic CK+ (the notebook reads it too)."""
+    return Path(cache_dir or dataset.default_cache_dir()) / f"synthetic-ckplus-{DEMO['subjects']}"
+
+
+def ensure_demo_tree(cache_dir: str | None = None) -> Path:
+    """The demo's synthetic CK+ root, generated on first use (into a temporary folder that is
+    renamed when complete, so an interrupted generation is never mistaken for a tree)."""
     import synthetic
 
-    root = Path(args.cache_dir) / f"synthetic-ckplus-{DEMO['subjects']}"
+    root = demo_root(cache_dir)
     if not (root / "cohn-kanade-images").is_dir():
         log.info("generating a synthetic CK+ (%d subjects) in %s, once", DEMO["subjects"], root)
         tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
         synthetic.generate(tmp, subjects=DEMO["subjects"], seed=0)
         os.replace(tmp, root)
+    return root
+
+
+def prepare_demo(args: argparse.Namespace) -> None:
+    """Point the run at a cached synthetic CK+ and small settings that finish in minutes on a CPU."""
+    root = ensure_demo_tree(args.cache_dir)
     args.data_dir = str(root / "cohn-kanade-images")
     args.label_dir = str(root / "FACS_labels" / "FACS")
     args.landmark_dir = str(root / "Landmarks" / "Landmarks")
@@ -223,8 +256,8 @@ def new_run_dir(args: argparse.Namespace) -> Path:
     return Path("runs") / f"{args.model}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def open_run_dir(run_dir: Path, args: argparse.Namespace) -> None:
-    """Create the run folder, never overwriting an earlier run.
+def check_run_dir(run_dir: Path, args: argparse.Namespace) -> None:
+    """Refuse a run folder that would overwrite an earlier run.
 
     A folder that already holds this run's args.json may be joined by a --fold job (folds
     run as separate jobs and merge); anything else must be continued with --resume.
@@ -243,7 +276,18 @@ def open_run_dir(run_dir: Path, args: argparse.Namespace) -> None:
             raise UserError(f"{run_dir} holds a run with other settings: choose another --output-dir")
         raise UserError(f"{run_dir} already holds files (an earlier run?): continue it with --resume {run_dir}, "
                         f"or choose another --output-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def open_run_dir(run_dir: Path, args: argparse.Namespace) -> None:
+    """Create the run folder and its args.json (kept when a --fold job joins its run)."""
+    check_run_dir(run_dir, args)
+    saved = run_dir / "args.json"
+    if saved.is_file():
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {run_dir} ({e.strerror}): choose another --output-dir")
     utils.write_json(saved, {**run_settings(args), "data_dir": args.data_dir, "label_dir": args.label_dir,
                              "landmark_dir": args.landmark_dir, "command": command_line()})
 
@@ -474,8 +518,10 @@ def train_fold(fold: int, train_idx: np.ndarray, test_idx: np.ndarray, data: dat
         if start < args.epochs:
             log.info("fold %d: resuming at epoch %d from %s", fold, start, ckpt_path)
     else:
-        for _ in range(args.start_epoch):  # --start-epoch: the schedule starts where the epochs do
-            scheduler.step()
+        with warnings.catch_warnings():  # stepping the schedule before any optimizer step is the point here
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            for _ in range(args.start_epoch):  # --start-epoch: the schedule starts where the epochs do
+                scheduler.step()
 
     for epoch in range(start, args.epochs):
         t0 = time.perf_counter()
@@ -683,10 +729,12 @@ def train(args) -> dict | None:
     models.model_config(args.model)  # an unknown model fails here, before any data is read
     run_dir = resume_dir or new_run_dir(args)
     if resume_dir is None:
-        open_run_dir(run_dir, args)
-    utils.add_log_file(run_dir / "log.txt")
+        check_run_dir(run_dir, args)
     data, aus = load_data(args)
     folds = make_folds(data.subjects, args.kfold, args.split)
+    if resume_dir is None:  # only now that the data and the folds are known to work
+        open_run_dir(run_dir, args)
+    utils.add_log_file(run_dir / "log.txt")
     to_run = [args.fold] if args.fold is not None else list(range(args.kfold))
     fold_dirs = [run_dir / f"fold{k}" for k in range(args.kfold)]
     pending = [k for k in to_run if not fold_finished(fold_dirs[k], args.epochs)]
