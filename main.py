@@ -250,6 +250,21 @@ def prepare_demo(args: argparse.Namespace) -> None:
             setattr(args, key, value)
 
 
+def check_model_input(args: argparse.Namespace) -> None:
+    """Fail before any file is written when the model cannot train on --image-size inputs.
+
+    The model is built on the meta device (shapes only: no memory, no initialisation) and
+    run forward once in training mode, which raises what the first real batch would."""
+    try:
+        with torch.device("meta"):
+            model = models.build_model(args.model, 2, pretrained=False, freeze_backbone=args.freeze_backbone)
+            model.train()
+            model(torch.empty(2, 3, args.image_size, args.image_size))
+    except RuntimeError as e:
+        raise UserError(f"--image-size {args.image_size} is too small for {args.model} "
+                        f"({str(e).splitlines()[0]}): use a larger --image-size, e.g. 224") from None
+
+
 def new_run_dir(args: argparse.Namespace) -> Path:
     if args.output_dir:
         return Path(args.output_dir)
@@ -666,11 +681,12 @@ class Clock:
         return utils.format_duration(self.done_seconds / self.done * max(self.epochs_left, 0))
 
 
-def fold_finished(fold_dir: Path, epochs: int) -> bool:
-    """A fold is finished when its predictions exist and its checkpoint reached the last epoch."""
+def fold_finished(fold_dir: Path, args, aus: list[int], fold: int, test_ids: list[str]) -> bool:
+    """A fold is finished when its predictions exist and its checkpoint, which must belong to
+    this run and fold, reached the last epoch."""
     if not (fold_dir / "predictions.csv").is_file() or not (fold_dir / CHECKPOINT).is_file():
         return False
-    return utils.load_checkpoint(fold_dir / CHECKPOINT)["epoch"] >= epochs - 1
+    return load_fold_checkpoint(fold_dir / CHECKPOINT, args, aus, fold, test_ids)["epoch"] >= args.epochs - 1
 
 
 # ----------------------------------------------------------------------------- results
@@ -730,6 +746,7 @@ def train(args) -> dict | None:
     run_dir = resume_dir or new_run_dir(args)
     if resume_dir is None:
         check_run_dir(run_dir, args)
+    check_model_input(args)
     data, aus = load_data(args)
     folds = make_folds(data.subjects, args.kfold, args.split)
     if resume_dir is None:  # only now that the data and the folds are known to work
@@ -737,7 +754,8 @@ def train(args) -> dict | None:
     utils.add_log_file(run_dir / "log.txt")
     to_run = [args.fold] if args.fold is not None else list(range(args.kfold))
     fold_dirs = [run_dir / f"fold{k}" for k in range(args.kfold)]
-    pending = [k for k in to_run if not fold_finished(fold_dirs[k], args.epochs)]
+    pending = [k for k in to_run
+               if not fold_finished(fold_dirs[k], args, aus, k, [data.ids[i] for i in folds[k]])]
     for k in sorted(set(to_run) - set(pending)):
         log.info("fold %d: finished earlier, kept", k)
 

@@ -11,6 +11,7 @@ import random
 import re
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -251,6 +252,14 @@ def load_checkpoint(path: str | os.PathLike, required: Sequence[str] = CHECKPOIN
     if path.is_dir():
         raise UserError(f"checkpoint {path} is a directory: give the checkpoint file (e.g. {path / 'checkpoint.pth'})")
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise UserError(f"checkpoint {path} cannot be read ({e.strerror}): check its permissions") from e
+    if magic != b"PK\x03\x04":  # torch.save writes a zip archive
+        what = "is empty" if not magic else "is not a PyTorch file"
+        raise UserError(f"{path} {what}, so not a checkpoint: give a checkpoint.pth written by main.py")
+    try:
         with warnings.catch_warnings():
             # torch warns about the pickle protocol of files it did not write; the error below says it better
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -265,6 +274,9 @@ def load_checkpoint(path: str | os.PathLike, required: Sequence[str] = CHECKPOIN
                 f"({refused.group(1)}), which could run code when loaded; nothing in it was executed. "
                 f"Use only checkpoints written by main.py"
             ) from e
+        if "PytorchStreamReader" in str(e) or isinstance(e, (EOFError, zipfile.BadZipFile)):
+            raise UserError(f"checkpoint {path} is truncated or damaged (an interrupted copy?): copy it again, "
+                            f"or delete it and resume the run to retrain that fold") from e
         raise UserError(
             f"{path} is not a readable checkpoint (truncated or not written by main.py): {_first_line(e)}"
         ) from e
