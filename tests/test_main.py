@@ -254,3 +254,15 @@ def test_help_lists_every_original_flag_with_its_default():
 def test_positive_weights_come_from_the_training_labels_only():
     labels = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0]], dtype=torch.float32)
     assert main.positive_weights(labels).tolist() == pytest.approx([1 / 3, 3.0, 1.0])
+
+
+def test_augment_and_seed_change_training_and_are_repeatable(ck, tmp_path):
+    def fold0(name, *flags):
+        run_dir = tmp_path / name
+        assert main.cli([*ck.dirs, *FAST, "--epochs", "1", "--fold", "0", "--output-dir", str(run_dir), *flags]) == 0
+        return utils.read_predictions(run_dir / "fold0" / "predictions.csv")[-1]
+
+    plain, augmented, again = fold0("plain"), fold0("aug", "--augment"), fold0("aug2", "--augment")
+    assert np.array_equal(augmented, again)
+    assert not np.array_equal(plain, augmented)
+    assert not np.array_equal(plain, fold0("seed1", "--seed", "1"))
