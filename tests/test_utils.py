@@ -318,9 +318,9 @@ def test_checkpoint_errors_name_the_file_and_the_fix(tmp_path):
     cases = [
         (tmp_path / "nope.pth", "does not exist: check the path"),
         (tmp_path, "is a directory"),
-        (truncated, "is not a readable checkpoint (truncated or not written by main.py)"),
-        (text, "is not a readable checkpoint (truncated or not written by main.py)"),
-        (empty, "is not a readable checkpoint (truncated or not written by main.py)"),
+        (truncated, "is truncated or damaged"),
+        (text, "is not a PyTorch file, so not a checkpoint"),
+        (empty, "is empty, so not a checkpoint"),
         (a_list, "is not an AU checkpoint (it holds a list"),
         (partial, "is not an AU checkpoint (missing keys aus, arch)"),
     ]
