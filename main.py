@@ -708,7 +708,10 @@ def pooled_results(run_dir: Path, args, aus: list[int], fold_dirs: list[Path], o
     metrics = utils.compute_metrics(targets, probs, aus, args.threshold)
     results = {
         "model": args.model, "aus": list(aus), "split": args.split, "kfold": args.kfold,
-        "protocol": f"{args.kfold}-fold cross-validation, {args.split}-independent folds, pooled out-of-fold predictions",
+        "protocol": f"{args.kfold}-fold cross-validation, "
+                    + ("subject-independent folds" if args.split == "subject"
+                       else "folds over sequences (a subject can be in train and test)")
+                    + ", pooled out-of-fold predictions",
         "pretrained": not args.no_pretrained, "freeze_backbone": args.freeze_backbone, "epochs": args.epochs,
         "image_size": args.image_size, "crop": args.crop, "sequences": len(ids), **metrics,
     }
