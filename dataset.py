@@ -76,8 +76,12 @@ class Sequence:
 # ----------------------------------------------------------------------------- scanning
 
 
-def _is_junk(name: str) -> bool:
-    # .DS_Store, AppleDouble ._* files, Thumbs.db and other hidden/system files
+# What decoding a damaged or non-image file raises (Pillow's errors and what it lets through).
+DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def is_junk(name: str) -> bool:
+    """.DS_Store, AppleDouble ._* files, Thumbs.db and other hidden/system files real copies carry."""
     return name.startswith(".") or name.lower() in {"thumbs.db", "desktop.ini"}
 
 
@@ -85,9 +89,9 @@ def _scan(root: Path) -> dict[str, dict[tuple[str, str, int], Path]]:
     """Every CK+ file under `root`, by kind, keyed by (subject, sequence, frame)."""
     found: dict[str, dict[tuple[str, str, int], Path]] = {kind: {} for kind in _NAME}
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not _is_junk(d)]
+        dirnames[:] = [d for d in dirnames if not is_junk(d)]
         for name in filenames:
-            if _is_junk(name):
+            if is_junk(name):
                 continue
             for kind, pattern in _NAME.items():
                 m = pattern.match(name)
@@ -345,7 +349,7 @@ def _decode_and_crop(image_path: Path, landmarks: np.ndarray, size: int, crop: s
         with Image.open(image_path) as img:
             img.load()
             return preprocess.crop_face(img, landmarks, size, crop, margin)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except DECODE_ERRORS as e:
         if isinstance(e, ValueError) and "outside the frame" in str(e):
             raise DataError(f"the landmarks of {image_path} lie outside the frame: check its landmark file, or pass --skip-bad",
                             "landmarks outside frame")

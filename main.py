@@ -51,22 +51,11 @@ DEMO = dict(subjects=60, model="res18", epochs=18, step=6, gamma=0.5, batch_size
 # ----------------------------------------------------------------------------- arguments
 
 
-class _HelpFormatter(argparse.HelpFormatter):
-    """Appends "(default: X)" where a flag has a value default and its help does not state one."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if ("default:" in text or action.default is None or action.default is False
-                or action.default == argparse.SUPPRESS or not action.option_strings):
-            return text
-        return f"{text} (default: %(default)s)"
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="main.py",
         description="Train and evaluate facial Action Unit recognisers on CK+ (k-fold cross-validation).",
-        formatter_class=_HelpFormatter,
+        formatter_class=utils.HelpFormatter,
     )
     d = p.add_argument_group("data")
     d.add_argument("data_dir", nargs="?", metavar="DATA_DIR", help="CK+ frames: .../cohn-kanade-images")
@@ -908,13 +897,7 @@ def main(args: argparse.Namespace) -> dict | None:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        main(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return utils.run_cli(get_args_parser(), main, argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Shared helpers: the user-error type, metrics, checkpoints, logging and plots."""
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -334,6 +335,32 @@ def set_rng_state(state: dict) -> None:
     if "python" in state:
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
+
+
+# ----------------------------------------------------------------------------- command lines
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" where a flag has a value default and its help does not state one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default:" in text or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def run_cli(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], Any],
+            argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` and run `main`: a UserError becomes one line on stderr and exit code 2."""
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 # ----------------------------------------------------------------------------- predictions and results
