@@ -1,0 +1,45 @@
+"""benchmarks/bench.py runs end to end at a tiny scale and reports every figure it promises."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+from conftest import REPO
+
+TINY = ["--sequences", "20", "--epochs", "2", "--kfold", "2", "--image-size", "64", "--recompute-epochs", "2",
+        "--check-kfold", "2", "--finetune-batches", "1", "--repeats", "1", "-j", "0"]
+FIGURES = {
+    "index": ("cold_s", "warm_s"),
+    "frozen": ("cached_s", "recompute_s", "speedup"),
+    "finetune": ("loop_img_s", "compute_img_s", "checkpoint_s"),
+}
+
+
+def test_bench_reports_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), *TINY, "--workdir", str(tmp_path),
+                           "--json", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+
+    assert report["index"]["sequences"] == report["frozen"]["sequences"] == 20  # the last subject was trimmed
+    assert report["index"]["workers"] == 0
+    for section, keys in FIGURES.items():
+        for key in keys:
+            value = report[section][key]
+            assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (section, key, value)
+            assert key in proc.stdout, f"{key} is not in the printed table"
+    # The two frozen paths agree, and the loop's overhead is a number (its sign is noise at this scale).
+    assert 0 <= report["frozen"]["max_abs_diff"] <= 1e-4
+    assert report["frozen"]["f1_equal"] is True
+    assert math.isfinite(report["finetune"]["overhead_pct"])
+    assert report["frozen"]["recompute_measured"]["epochs"] == 2
+    for key in ("torch", "threads", "cpu_count", "device"):
+        assert report["system"][key]
+    # Targets are judged only at CK+ scale; the predictions check is judged at any scale.
+    assert report["targets"]["frozen.cached_s"]["met"] is None
+    assert report["targets"]["frozen.max_abs_diff"]["met"] is True
+    # Nothing but the reused synthetic tree and the report stays behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "ckplus-20-seed0"]
