@@ -195,8 +195,10 @@ def fill_defaults(args: argparse.Namespace) -> None:
         args.image_size = models.model_config(args.model).input_size
 
 
-def adopt_saved_settings(args: argparse.Namespace, saved: dict, source: Path) -> None:
-    """Take a run's own settings for resume/evaluate; explicit flags that disagree are an error."""
+def adopt_saved_settings(args: argparse.Namespace, source: Path) -> None:
+    """Take a run's own settings (its args.json) for resume/evaluate, and its data folders
+    unless given; explicit flags that disagree are an error."""
+    saved = read_args_json(source)
     for key in ("model", "aus", "image_size", "crop", "norm"):
         given, wanted = getattr(args, key), saved.get(key)
         if given is not None and given != wanted:
@@ -205,6 +207,8 @@ def adopt_saved_settings(args: argparse.Namespace, saved: dict, source: Path) ->
     for key, value in saved.items():
         if key in RUN_SETTINGS:
             setattr(args, key, value)
+    for role in ("data_dir", "label_dir", "landmark_dir"):
+        setattr(args, role, getattr(args, role) or saved.get(role))
 
 
 def demo_root(cache_dir: str | None = None) -> Path:
@@ -523,7 +527,7 @@ def train_fold(fold: int, train_idx: np.ndarray, test_idx: np.ndarray, data: dat
             log.info("fold %d: resuming at epoch %d from %s", fold, start, ckpt_path)
     else:
         with warnings.catch_warnings():  # stepping the schedule before any optimizer step is the point here
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             for _ in range(args.start_epoch):  # --start-epoch: the schedule starts where the epochs do
                 scheduler.step()
 
@@ -726,10 +730,7 @@ def train(args) -> dict | None:
     resume_dir = None
     if args.resume:
         resume_dir, fold_from_ckpt = locate_run(Path(args.resume))
-        saved = read_args_json(resume_dir / "args.json")
-        adopt_saved_settings(args, saved, resume_dir / "args.json")
-        for role in ("data_dir", "label_dir", "landmark_dir"):
-            setattr(args, role, getattr(args, role) or saved.get(role))
+        adopt_saved_settings(args, resume_dir / "args.json")
         if fold_from_ckpt is not None:
             args.fold = fold_from_ckpt
     fill_defaults(args)
@@ -849,10 +850,7 @@ def evaluate_run(args) -> dict:
         raise UserError("-e/--evaluate needs --resume RUN_DIR or --resume CHECKPOINT")
     path = Path(args.resume)
     run_dir, fold = locate_run(path)
-    saved = read_args_json(run_dir / "args.json")
-    adopt_saved_settings(args, saved, run_dir / "args.json")
-    for role in ("data_dir", "label_dir", "landmark_dir"):
-        setattr(args, role, getattr(args, role) or saved.get(role))
+    adopt_saved_settings(args, run_dir / "args.json")
     fill_defaults(args)
     device = resolve_device(args.device)
     data, aus = load_data(args)
