@@ -523,6 +523,7 @@ def train_fold(fold: int, train_idx: np.ndarray, test_idx: np.ndarray, data: dat
         scaler.load_state_dict(ckpt["scaler"])
         utils.set_rng_state(ckpt["rng"])
         start, history = ckpt["epoch"] + 1, ckpt["history"]
+        del ckpt  # its copy of the weights (hundreds of MB for vgg) need not live through the fold
         if start < args.epochs:
             log.info("fold %d: resuming at epoch %d from %s", fold, start, ckpt_path)
     else:
@@ -679,7 +680,12 @@ def fold_finished(fold_dir: Path, args, aus: list[int], fold: int, test_ids: lis
     this run and fold, reached the last epoch."""
     if not (fold_dir / "predictions.csv").is_file() or not (fold_dir / CHECKPOINT).is_file():
         return False
-    return load_fold_checkpoint(fold_dir / CHECKPOINT, args, aus, fold, test_ids)["epoch"] >= args.epochs - 1
+    return checkpoint_finished(fold_dir / CHECKPOINT, args, aus, fold, test_ids)
+
+
+def checkpoint_finished(path: Path, args, aus: list[int], fold: int, test_ids: list[str]) -> bool:
+    """The checkpoint belongs to this run and fold (or is the final model) and reached the last epoch."""
+    return load_fold_checkpoint(path, args, aus, fold, test_ids)["epoch"] >= args.epochs - 1
 
 
 # ----------------------------------------------------------------------------- results
@@ -813,7 +819,7 @@ def train(args) -> dict | None:
 def train_final(data, inputs, aus, args, device, run_dir: Path, clock: Clock, backbone: dict | None) -> None:
     """One more model on every sequence: the deployable model (the k-fold table stays the estimate)."""
     final_dir = run_dir / "final"
-    if (final_dir / CHECKPOINT).is_file() and utils.load_checkpoint(final_dir / CHECKPOINT)["epoch"] >= args.epochs - 1:
+    if (final_dir / CHECKPOINT).is_file() and checkpoint_finished(final_dir / CHECKPOINT, args, aus, args.kfold, []):
         return
     clock.epochs_left += args.epochs - args.start_epoch
     log.info("final model: training on all %d sequences", len(data))
