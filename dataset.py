@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+import ckplus
 import preprocess
+import utils
 from utils import UserError
 
 log = logging.getLogger("au")
@@ -34,26 +36,17 @@ MAX_AU = 99  # FACS codes stop below 100; anything else in a label file is garba
 MAX_INTENSITY = 5
 CACHE_VERSION = 1
 
-_NAME = {
-    "frame": re.compile(r"^(S\d+)_(\d+)_(\d+)\.png$", re.IGNORECASE),
-    "facs": re.compile(r"^(S\d+)_(\d+)_(\d+)_facs\.txt$", re.IGNORECASE),
-    "landmarks": re.compile(r"^(S\d+)_(\d+)_(\d+)_landmarks\.txt$", re.IGNORECASE),
-    "emotion": re.compile(r"^(S\d+)_(\d+)_(\d+)_emotion\.txt$", re.IGNORECASE),
-}
-_ROLE = {"frame": "DATA_DIR", "facs": "LABEL_DIR", "landmarks": "LANDMARK_DIR", "emotion": "EMOTION_DIR"}
-_CKPLUS_SUBDIRS = {
-    "frame": "cohn-kanade-images",
-    "facs": "FACS_labels/FACS",
-    "landmarks": "Landmarks/Landmarks",
-}
-
-
 class DataError(UserError):
     """A bad file in a CK+ copy; `reason` is a short category for the --skip-bad summary."""
 
     def __init__(self, message: str, reason: str):
         super().__init__(message)
         self.reason = reason
+
+    def __reduce__(self):
+        # Crop workers send it back across a process boundary: rebuild it with both arguments
+        # (the default pickles only `args`, i.e. the message, and the pool's thread dies on it).
+        return type(self), (str(self), self.reason)
 
 
 @dataclass
@@ -76,29 +69,21 @@ class Sequence:
 # ----------------------------------------------------------------------------- scanning
 
 
+is_junk = ckplus.is_junk  # predict.py and the tests filter with the same rule
+
 # What decoding a damaged or non-image file raises (Pillow's errors and what it lets through).
 DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def is_junk(name: str) -> bool:
-    """.DS_Store, AppleDouble ._* files, Thumbs.db and other hidden/system files real copies carry."""
-    return name.startswith(".") or name.lower() in {"thumbs.db", "desktop.ini"}
-
-
 def _scan(root: Path) -> dict[str, dict[tuple[str, str, int], Path]]:
     """Every CK+ file under `root`, by kind, keyed by (subject, sequence, frame)."""
-    found: dict[str, dict[tuple[str, str, int], Path]] = {kind: {} for kind in _NAME}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not is_junk(d)]
-        for name in filenames:
-            if is_junk(name):
-                continue
-            for kind, pattern in _NAME.items():
-                m = pattern.match(name)
-                if m:
-                    key = (m.group(1).upper(), m.group(2), int(m.group(3)))
-                    found[kind][key] = Path(dirpath) / name
-                    break
+    found: dict[str, dict[tuple[str, str, int], Path]] = {kind: {} for kind in ckplus.PATTERNS}
+    for path in ckplus.walk_files(root):
+        for kind in ckplus.PATTERNS:
+            key = ckplus.parse_name(kind, path.name)
+            if key:
+                found[kind][key] = path
+                break
     return found
 
 
@@ -120,10 +105,10 @@ def _empty_dir_message(path: Path, role: str, found: dict[str, dict]) -> str:
     msg = f"{role} {path} holds no CK+ files like {example}"
     present = [kind for kind in ("frame", "facs", "landmarks", "emotion") if found[kind]]
     if present:
-        roles = " / ".join(_ROLE[kind] for kind in present)
+        roles = " / ".join(ckplus.ROLES[kind] for kind in present)
         msg += f"; it looks like the {roles}: are the three paths in the order DATA_DIR LABEL_DIR LANDMARK_DIR?"
     else:
-        msg += f"; in a CK+ copy it is the folder {_CKPLUS_SUBDIRS[expected]}"
+        msg += f"; in a CK+ copy it is the folder {ckplus.SUBDIRS[expected]}"
     return msg
 
 
@@ -344,15 +329,41 @@ def default_cache_dir() -> Path:
     return Path(base) / "au-recognition"
 
 
+DEMO_SUBJECTS = 60
+
+
+def demo_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where main.py --demo keeps its synthetic CK+ (the notebook reads it too)."""
+    return Path(cache_dir or default_cache_dir()) / f"synthetic-ckplus-{DEMO_SUBJECTS}"
+
+
+def ensure_demo_tree(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The demo's synthetic CK+ root, generated on first use (into a temporary folder that is
+    renamed when complete, so an interrupted generation is never mistaken for a tree)."""
+    import shutil
+
+    import synthetic
+
+    root = demo_root(cache_dir)
+    if not ckplus.folders(root)["frame"].is_dir():
+        log.info("generating a synthetic CK+ (%d subjects) in %s, once", DEMO_SUBJECTS, root)
+        tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        synthetic.generate(tmp, subjects=DEMO_SUBJECTS, seed=0)
+        os.replace(tmp, root)
+    return root
+
+
 def _decode_and_crop(image_path: Path, landmarks: np.ndarray, size: int, crop: str, margin: float) -> np.ndarray:
     try:
         with Image.open(image_path) as img:
             img.load()
             return preprocess.crop_face(img, landmarks, size, crop, margin)
+    except preprocess.OutsideFrame:
+        raise DataError(f"the landmarks of {image_path} lie outside the frame: check its landmark file, or pass --skip-bad",
+                        "landmarks outside frame")
     except DECODE_ERRORS as e:
-        if isinstance(e, ValueError) and "outside the frame" in str(e):
-            raise DataError(f"the landmarks of {image_path} lie outside the frame: check its landmark file, or pass --skip-bad",
-                            "landmarks outside frame")
         raise DataError(f"image {image_path} will not decode ({type(e).__name__}: {e}): replace it, or pass --skip-bad",
                         "image will not decode")
 
@@ -454,25 +465,26 @@ def load_crops(
 
 
 def _save_cache(path: Path, records: Seq[Sequence], images: np.ndarray, skipped: list[tuple[str, str]]) -> None:
+    def write(f) -> None:
+        np.savez(f, ids=np.array([r.id for r in records]), images=images,
+                 skipped_ids=np.array([s[0] for s in skipped], dtype=str),
+                 skipped_msgs=np.array([s[1] for s in skipped], dtype=str))
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
-            np.savez(f, ids=np.array([r.id for r in records]), images=images,
-                     skipped_ids=np.array([s[0] for s in skipped], dtype=str),
-                     skipped_msgs=np.array([s[1] for s in skipped], dtype=str))
-        os.replace(tmp, path)
+        utils.write_atomically(path, write)
     except OSError as e:
         # A cache is an optimisation: failing to write one must not stop a run.
         log.warning("could not write the crop cache %s (%s); continuing without it", path, e.strerror or e)
 
 
-class CKPlusDataset(torch.utils.data.Dataset):
+class CKPlusDataset:
     """Peak-frame face crops (uint8, held in memory) with multi-hot AU labels.
 
     `images` is (N, 1, size, size) uint8 and `labels` (N, A) float32, both tensors, so a
-    training loop can index whole batches directly; `__getitem__` serves a DataLoader.
+    training loop indexes whole batches directly (no DataLoader: nothing is decoded per epoch).
     Normalisation happens later, per batch, on the training device (preprocess.prepare_batch).
+    `ids` and `subjects` are lists in the same order.
     """
 
     def __init__(
@@ -492,17 +504,8 @@ class CKPlusDataset(torch.utils.data.Dataset):
                                          cache_dir=cache_dir, workers=workers, skip_bad=skip_bad)
         self.images = torch.from_numpy(crops).unsqueeze(1)
         self.labels = torch.from_numpy(encode_labels(self.records, self.aus))
+        self.ids = [r.id for r in self.records]
+        self.subjects = [r.subject for r in self.records]
 
     def __len__(self) -> int:
         return len(self.records)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[i], self.labels[i]
-
-    @property
-    def ids(self) -> list[str]:
-        return [r.id for r in self.records]
-
-    @property
-    def subjects(self) -> list[str]:
-        return [r.subject for r in self.records]

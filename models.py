@@ -124,9 +124,10 @@ def model_config(name: str) -> ModelConfig:
 class AUNet(nn.Module):
     """A backbone giving (B, F) features and a linear head giving (B, num_aus) AU logits.
 
-    In eval mode `model(x)` is exactly `model.head(model.backbone(x))`, which lets main.py
-    cache the frozen backbone's features and train the head alone. In training, inception
-    (not frozen) returns `(logits, aux_logits)`; the loss weighs the second by `AUX_WEIGHT`.
+    In eval mode `model(x)` is exactly `forward_head(forward_features(x))` (timm's names), which
+    lets the training loop compute a frozen backbone's features once and train the head alone.
+    In training, inception (not frozen) returns `(logits, aux_logits)`; the loss weighs the
+    second by `AUX_WEIGHT`.
     """
 
     def __init__(self, backbone: nn.Module, num_features: int, num_aus: int, config: ModelConfig,
@@ -160,11 +161,19 @@ class AUNet(nn.Module):
             raise UserError(f"{self.config.name} trains its auxiliary head on inputs of at least "
                             f"{INCEPTION_AUX_MIN_SIZE}x{INCEPTION_AUX_MIN_SIZE}, got {x.shape[-2]}x{x.shape[-1]}: "
                             f"pass --image-size {INCEPTION_AUX_MIN_SIZE} or more, or --freeze-backbone")
-        out = self.backbone(x)
+        out = self.forward_features(x)
         if isinstance(out, tuple):  # inception in training: (features, aux features)
             features, aux = out
             return self.head(features), self.aux_head(aux)
-        return self.head(out)
+        return self.forward_head(out)
+
+    def forward_features(self, x: torch.Tensor):
+        """The backbone's penultimate features (B, F)."""
+        return self.backbone(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """AU logits (B, A) from backbone features."""
+        return self.head(features)
 
 
 def _builder_kwargs(config: ModelConfig, pretrained: bool) -> dict:
@@ -239,12 +248,14 @@ def _find_classifier(model: nn.Module, num_classes: int, name: str) -> tuple[str
     return found
 
 
-def build_model(name: str, num_aus: int, pretrained: bool = True, freeze_backbone: bool = False) -> AUNet:
+def build_model(name: str, num_aus: int, pretrained: bool = True, freeze_backbone: bool = False,
+                backbone_state: dict | None = None) -> AUNet:
     """An `AUNet` for `name` with a fresh `num_aus`-unit head.
 
     pretrained: ImageNet weights from torchvision (its hub cache, downloaded if missing);
     otherwise torchvision's own random initialisation. freeze_backbone: only the head trains
-    and the backbone stays in eval mode, as in the original program.
+    and the backbone stays in eval mode, as in the original program. backbone_state: the
+    backbone's weights to load instead (a run's frozen backbone.pth).
     """
     config = model_config(name)
     kwargs = _builder_kwargs(config, pretrained)
@@ -260,4 +271,6 @@ def build_model(name: str, num_aus: int, pretrained: bool = True, freeze_backbon
     if getattr(model, "AuxLogits", None) is not None:  # inception_v3
         aux_features = model.AuxLogits.fc.in_features
         model.AuxLogits.fc = nn.Identity()
+    if backbone_state is not None:
+        model.load_state_dict(backbone_state)
     return AUNet(model, num_features, num_aus, config, aux_features=aux_features, frozen=freeze_backbone)

@@ -29,10 +29,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
+import ckplus
 import dataset
-import main as training  # the training script: its checkpoint loader and device rule
+import engine
 import models
 import preprocess
+import runs
 import utils
 from utils import UserError
 
@@ -100,12 +102,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def images_under(folder: Path) -> list[Path]:
     """Every image file under `folder`, recursively, in a stable (sorted) order, junk left out."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not dataset.is_junk(d))
-        found += [Path(dirpath) / n for n in sorted(filenames)
-                  if not dataset.is_junk(n) and n.lower().endswith(IMAGE_SUFFIXES)]
-    return found
+    return sorted(p for p in ckplus.walk_files(folder) if p.name.lower().endswith(IMAGE_SUFFIXES))
 
 
 def find_images(paths: list[str]) -> list[Path]:
@@ -172,12 +169,9 @@ class LandmarkFiles:
                             f"give the folder holding the <image stem>{LANDMARK_SUFFIX} files")
         self.root = root
         self.files: dict[str, list[Path]] = {}
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not dataset.is_junk(d))
-            for name in sorted(filenames):
-                if not dataset.is_junk(name) and name.lower().endswith(LANDMARK_SUFFIX):
-                    stem = name[: -len(LANDMARK_SUFFIX)].lower()
-                    self.files.setdefault(stem, []).append(Path(dirpath) / name)
+        for path in sorted(ckplus.walk_files(root)):
+            if path.name.lower().endswith(LANDMARK_SUFFIX):
+                self.files.setdefault(path.name[: -len(LANDMARK_SUFFIX)].lower(), []).append(path)
         if not self.files:
             raise UserError(f"--landmarks {root} holds no *{LANDMARK_SUFFIX} files: give the folder of CK+-style "
                             f"landmark files (in CK+: Landmarks/Landmarks)")
@@ -328,14 +322,14 @@ def checkpoint_paths(path: Path) -> tuple[list[Path], str | None]:
         raise UserError(f"{path} does not exist: give a run folder main.py wrote, or a checkpoint.pth in one")
     if path.is_file():
         return [path], None
-    final = path / "final" / training.CHECKPOINT
+    final = path / "final" / runs.CHECKPOINT
     if final.is_file():
         return [final], "final"
-    folds = sorted((p for p in path.glob(f"fold*/{training.CHECKPOINT}") if p.parent.name[4:].isdigit()),
+    folds = sorted((p for p in path.glob(f"fold*/{runs.CHECKPOINT}") if p.parent.name[4:].isdigit()),
                    key=lambda p: int(p.parent.name[4:]))
     if not folds:
-        raise UserError(f"{path} holds no trained model (no final/{training.CHECKPOINT}, no "
-                        f"fold<k>/{training.CHECKPOINT}): give a run folder main.py trained, or one of its checkpoints")
+        raise UserError(f"{path} holds no trained model (no final/{runs.CHECKPOINT}, no "
+                        f"fold<k>/{runs.CHECKPOINT}): give a run folder main.py trained, or one of its checkpoints")
     if len(folds) == 1:
         return folds, f"{folds[0].parent.name} checkpoint"
     return folds, f"mean of {len(folds)} folds"
@@ -345,7 +339,7 @@ def open_ensemble(path: Path, threshold: float | None) -> Ensemble:
     """Which models predict, with the settings their inputs need; reads the first checkpoint
     (the models themselves are loaded one at a time later, so a 10-fold VGG fits in memory)."""
     paths, description = checkpoint_paths(path)
-    ckpt = utils.load_checkpoint(paths[0])
+    ckpt = runs.load_checkpoint(paths[0])
     settings = ckpt.get("args")
     if not isinstance(settings, dict) or any(k not in settings for k in INPUT_SETTINGS):
         raise UserError(f"{paths[0]} holds no run settings (crop, image size, normalisation): it was not written "
@@ -356,7 +350,7 @@ def open_ensemble(path: Path, threshold: float | None) -> Ensemble:
     if threshold is None:
         run_args = path / "args.json"
         if path.is_dir() and run_args.is_file():
-            threshold = training.read_args_json(run_args).get("threshold")
+            threshold = runs.read_args_json(run_args).get("threshold")
         if threshold is None:
             threshold = settings.get("threshold", 0.5)
     kfold = settings.get("kfold")
@@ -395,7 +389,7 @@ def ensemble_probs(ensemble: Ensemble, crops: np.ndarray, device: torch.device, 
     mean, std = ensemble.mean_std
     total = np.zeros((len(crops), len(ensemble.aus)), dtype=np.float64)
     for path in ensemble.checkpoints:
-        model, ckpt = training.load_trained_model(path)
+        model, ckpt = runs.load_trained_model(path)
         check_same_run(ckpt, path, ensemble)
         epochs = ckpt.get("args", {}).get("epochs")
         if epochs and ckpt["epoch"] + 1 < epochs:
@@ -488,7 +482,7 @@ def main(args: argparse.Namespace) -> dict:
     """Predict every face in the images named by `args`; write the CSV (and drawings); return a summary."""
     utils.setup_logging(args.quiet)
     check_args(args)
-    device = training.resolve_device(args.device)
+    device = engine.resolve_device(args.device)
     images = find_images(args.images)
     ensemble = open_ensemble(Path(args.model), args.threshold)
     finder = face_finder(args)

@@ -25,6 +25,10 @@ ORIGINAL_PAD_TOP = 100
 ORIGINAL_PAD_BOTTOM = 10
 
 
+class OutsideFrame(ValueError):
+    """The landmarks put the face outside the frame (a bad landmark file)."""
+
+
 def crop_box(
     landmarks: np.ndarray,
     frame_size: tuple[int, int],
@@ -47,7 +51,7 @@ def crop_box(
         top = max(0, math.floor(y0 - ORIGINAL_PAD_TOP))
         bottom = min(height, math.ceil(y1 + ORIGINAL_PAD_BOTTOM))
         if right - left < 2 or bottom - top < 2:
-            raise ValueError("landmarks lie outside the frame")
+            raise OutsideFrame("landmarks lie outside the frame")
         return left, top, right, bottom
     if mode == "square":
         side = max(x1 - x0, y1 - y0) * (1.0 + margin)

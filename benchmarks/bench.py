@@ -6,11 +6,11 @@
 
 - index: listing CK+ and cropping every peak frame, with a cold crop cache and a warm one.
 - frozen: the original's protocol (a frozen AlexNet, only the AU head trains) end to end
-  through main.cli, with the backbone features computed once per run, against the
+  through `python main.py`, with the backbone features computed once per run, against the
   original's way of running the backbone on every batch of every epoch
   (--no-feature-cache, timed on a few epochs and extrapolated), and how far apart the two
   paths' out-of-fold predictions are on a short identical run.
-- finetune: images per second of main.train_one_epoch against the model's bare
+- finetune: images per second of engine.train_one_epoch against the model's bare
   forward + backward + SGD step on the same batches, already normalised, so the
   difference is what the loop itself costs; plus one checkpoint write.
 
@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
-import logging
 import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,9 +42,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+import ckplus  # noqa: E402
 import dataset  # noqa: E402
-import main  # noqa: E402
+import engine  # noqa: E402
+import metrics  # noqa: E402
 import models  # noqa: E402
+import runs  # noqa: E402
 import synthetic  # noqa: E402
 import utils  # noqa: E402
 
@@ -97,7 +99,7 @@ def prepare_tree(root: Path, sequences: int, seed: int) -> list[str]:
     """A synthetic CK+ under `root` with exactly `sequences` sequences -> the three folders main.py takes.
 
     A tree a previous run left complete (its marker file says so) is reused."""
-    dirs = [str(root / synthetic.IMAGES_DIR), str(root / synthetic.FACS_DIR), str(root / synthetic.LANDMARKS_DIR)]
+    dirs = [str(d) for d in ckplus.training_dirs(root)]
     marker = root / TREE_MARKER
     wanted = {"sequences": sequences, "seed": seed}
     if marker.is_file() and json.loads(marker.read_text()) == wanted:
@@ -111,11 +113,11 @@ def prepare_tree(root: Path, sequences: int, seed: int) -> list[str]:
     # of them), so the tree is exactly the first `sequences` of the generator's.
     extra = summary.sequences - sequences
     if extra:
-        facs = sorted((root / synthetic.FACS_DIR).glob("S*/*"))
-        for seq_dir in facs[-extra:]:
+        folders = ckplus.folders(root)
+        for seq_dir in sorted(folders["facs"].glob("S*/*"))[-extra:]:
             subject, seq = seq_dir.parent.name, seq_dir.name
-            for top in (synthetic.IMAGES_DIR, synthetic.FACS_DIR, synthetic.LANDMARKS_DIR, synthetic.EMOTION_DIR):
-                shutil.rmtree(root / top / subject / seq, ignore_errors=True)
+            for top in folders.values():
+                shutil.rmtree(top / subject / seq, ignore_errors=True)
     log(f"synthetic CK+: {subjects} subjects, {sequences} sequences written in {time.perf_counter() - t0:.0f}s")
     marker.write_text(json.dumps(wanted))
     return dirs
@@ -141,16 +143,10 @@ def sync(device: torch.device) -> None:
 
 
 def run_main(argv: list[str]) -> None:
-    """main.cli in this process, its table and warnings kept off the report (shown if it fails)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main.cli(argv)
-    logger = logging.getLogger(utils.LOGGER_NAME)
-    for handler in list(logger.handlers):  # the run's log.txt stays open otherwise
-        logger.removeHandler(handler)
-        handler.close()
-    if code != 0:
-        raise SystemExit(f"main.py {' '.join(argv)} failed (exit {code}):\n{out.getvalue()}{err.getvalue()}")
+    """`python main.py ARGV` as a user runs it, its table and warnings kept off the report (shown if it fails)."""
+    done = subprocess.run([sys.executable, str(REPO / "main.py"), *argv], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"main.py {' '.join(argv)} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
 
 
 def epoch_seconds(run_dir: Path, fold: int) -> list[float]:
@@ -233,15 +229,15 @@ def frozen_argv(dirs: list[str], args, out: Path, cache: Path, *, epochs: int, k
 
 def fold_sizes(run_dir: Path, kfold: int) -> tuple[int, list[int]]:
     """(sequences, test sequences of each fold) from the run's pooled predictions."""
-    _, _, folds, _, _, _ = utils.read_predictions(run_dir / "predictions.csv")
+    _, _, folds, _, _, _ = metrics.read_predictions(run_dir / "predictions.csv")
     return len(folds), [folds.count(k) for k in range(kfold)]
 
 
 def bench_frozen(dirs: list[str], args, work: Path, cache: Path) -> dict:
     """The frozen protocol with the feature cache, end to end, against the recompute path."""
-    runs = work / "runs"
+    run_root = work / "runs"
     # 1. the whole protocol, cached, end to end (the crop cache is warm: bench_index filled it)
-    cached_dir = runs / "cached"
+    cached_dir = run_root / "cached"
     t0 = time.perf_counter()
     run_main(frozen_argv(dirs, args, cached_dir, cache, epochs=args.epochs, kfold=args.kfold, size=args.image_size))
     cached_s = time.perf_counter() - t0
@@ -253,7 +249,7 @@ def bench_frozen(dirs: list[str], args, work: Path, cache: Path) -> dict:
     shutil.rmtree(cached_dir)
 
     # 2. the recompute path: a few epochs of fold 0, per training image, extrapolated
-    recompute_dir = runs / "recompute"
+    recompute_dir = run_root / "recompute"
     run_main(frozen_argv(dirs, args, recompute_dir, cache, epochs=args.recompute_epochs, kfold=args.kfold,
                          size=args.image_size, extra=("--no-feature-cache", "--fold", "0")))
     seconds = epoch_seconds(recompute_dir, 0)
@@ -272,10 +268,10 @@ def bench_frozen(dirs: list[str], args, work: Path, cache: Path) -> dict:
     # 3. both paths on one short identical run: how far apart are their predictions?
     preds, f1 = [], []
     for name, extra in (("check-cached", ()), ("check-recompute", ("--no-feature-cache",))):
-        run_dir = runs / name
+        run_dir = run_root / name
         run_main(frozen_argv(dirs, args, run_dir, cache, epochs=args.check_epochs, kfold=args.check_kfold,
                              size=args.check_image_size, extra=extra))
-        preds.append(utils.read_predictions(run_dir / "predictions.csv"))
+        preds.append(metrics.read_predictions(run_dir / "predictions.csv"))
         results = json.loads((run_dir / "results.json").read_text())
         f1.append([results["macro"]["f1"], *(m["f1"] for m in results["per_au"].values())])
         shutil.rmtree(run_dir)
@@ -307,9 +303,10 @@ def bench_frozen(dirs: list[str], args, work: Path, cache: Path) -> dict:
 
 
 def bench_finetune(data: dataset.CKPlusDataset, args, device: torch.device, work: Path, train_images: int) -> dict:
-    """main.train_one_epoch against the bare training step on the same batches, pre-normalised."""
-    ns = argparse.Namespace(model=MODEL, norm="weights", augment=False, batch_size=args.batch_size, amp=False)
-    inputs = main.make_inputs(data, ns, device)
+    """engine.train_one_epoch against the bare training step on the same batches, pre-normalised."""
+    ns = argparse.Namespace(**{**dict.fromkeys(runs.RUN_SETTINGS), "model": MODEL, "norm": "weights", "augment": False,
+                               "batch_size": args.batch_size, "amp": False, "kfold": args.kfold})
+    inputs = engine.make_inputs(data, ns, device)
     torch.manual_seed(args.seed)
     model = models.build_model(MODEL, len(data.aus), pretrained=False).to(device)
     if inputs.channels_last:
@@ -321,16 +318,16 @@ def bench_finetune(data: dataset.CKPlusDataset, args, device: torch.device, work
     n = min(len(data), args.finetune_batches * args.batch_size)
     idx = torch.arange(n)
     # The loop shuffles with its generator; the bare steps see the same batches in the same order.
-    order = idx[torch.randperm(n, generator=main.epoch_generator(args.seed, 0, 0))]
+    order = idx[torch.randperm(n, generator=engine.epoch_generator(args.seed, 0, 0))]
     batches = [(inputs.batch(chunk, device, None, train=True), inputs.labels[chunk].to(device))
                for chunk in order.split(args.batch_size) if not (len(chunk) == 1 and n > 1)]
 
     def loop() -> float:
         sync(device)
         t0 = time.perf_counter()
-        with main.Clock(1, quiet=True).bar(n, "bench") as progress:  # as train_fold passes it, disabled
-            main.train_one_epoch(model, model, criterion, optimizer, scaler, inputs, idx, device, 0, ns,
-                                 main.epoch_generator(args.seed, 0, 0), progress)
+        with engine.Clock(1, quiet=True).bar(n, "bench") as progress:  # as train_fold passes it, disabled
+            engine.train_one_epoch(model, criterion, optimizer, scaler, inputs, idx, device, ns,
+                                   engine.epoch_generator(args.seed, 0, 0), progress)
         sync(device)
         return time.perf_counter() - t0
 
@@ -339,7 +336,7 @@ def bench_finetune(data: dataset.CKPlusDataset, args, device: torch.device, work
         sync(device)
         t0 = time.perf_counter()
         for x, y in batches:
-            loss = main.au_loss(criterion, model(x), y)
+            loss = engine.au_loss(criterion, model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -359,15 +356,14 @@ def bench_finetune(data: dataset.CKPlusDataset, args, device: torch.device, work
     checkpoint_s, size = [], 0
     for epoch in range(args.repeats):
         # what train_fold writes after every epoch of a fine-tuned (unfrozen) fold
-        state = {"model": main.model_state(model), "frozen_backbone": model.frozen,
-                 "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
-                 "scaler": scaler.state_dict(), "epoch": epoch, "fold": 0, "kfold": args.kfold, "arch": MODEL,
-                 "aus": list(data.aus), "args": {}, "test_ids": data.ids[:60], "rng": utils.rng_state(),
-                 "history": [{"epoch": e, "loss": 0.5, "lr": 0.01, "seconds": 1.0} for e in range(epoch + 1)]}
+        state = runs.fold_checkpoint(model, optimizer, scheduler, scaler, epoch=epoch, fold=0, args=ns,
+                                     aus=data.aus, test_ids=data.ids[:60],
+                                     history=[{"epoch": e, "loss": 0.5, "lr": 0.01, "seconds": 1.0}
+                                              for e in range(epoch + 1)])
         t0 = time.perf_counter()
-        utils.save_checkpoint(state, ckpt_dir / main.CHECKPOINT)
+        runs.save_checkpoint(state, ckpt_dir / runs.CHECKPOINT)
         checkpoint_s.append(time.perf_counter() - t0)
-        size = (ckpt_dir / main.CHECKPOINT).stat().st_size
+        size = (ckpt_dir / runs.CHECKPOINT).stat().st_size
     shutil.rmtree(ckpt_dir)
     epoch_s = train_images / loop_img_s
     result = {
@@ -438,7 +434,7 @@ def format_table(report: dict) -> str:
         f"frozen: {MODEL} (--no-pretrained: random weights, no ImageNet weights offline), {f['sequences']} sequences, "
         f"{f['kfold']} folds x {f['epochs']} epochs, {f['image_size']} px, batch {f['batch_size']}",
         row("cached_s", f"{f['cached_s']:.1f}", "frozen.cached_s",
-            f"main.cli end to end, warm crop cache: features {f['cached_breakdown_s']['features']:.1f}s, "
+            f"python main.py end to end, warm crop cache: features {f['cached_breakdown_s']['features']:.1f}s, "
             f"epochs {f['cached_breakdown_s']['epochs']:.1f}s, rest {f['cached_breakdown_s']['rest']:.1f}s"),
         row("recompute_s", f"{f['recompute_s']:.0f}", note=(
             f"extrapolated: the fastest of {rm['epochs_timed']} timed epochs (of {rm['epochs']} run; the first warms up) "
@@ -451,7 +447,7 @@ def format_table(report: dict) -> str:
         "",
         f"finetune: {MODEL}, not frozen, {t['image_size']} px, batch {t['batch_size']}, {t['batches']} batches "
         f"per repeat, {t['statistic']}",
-        row("loop_img_s", f"{t['loop_img_s']:.1f}", note=f"main.train_one_epoch (median {t['loop_s']['median']:.2f}s, "
+        row("loop_img_s", f"{t['loop_img_s']:.1f}", note=f"engine.train_one_epoch (median {t['loop_s']['median']:.2f}s, "
             f"spread {t['loop_s']['min']:.2f}-{t['loop_s']['max']:.2f}s)"),
         row("compute_img_s", f"{t['compute_img_s']:.1f}", note=f"forward+backward+SGD on ready tensors (median "
             f"{t['compute_s']['median']:.2f}s, spread {t['compute_s']['min']:.2f}-{t['compute_s']['max']:.2f}s)"),
@@ -468,7 +464,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         args.check_image_size = args.image_size
     if args.sequences < 2 * max(args.kfold, args.check_kfold):
         raise SystemExit(f"error: --sequences {args.sequences} is too few for {max(args.kfold, args.check_kfold)} folds")
-    device = main.resolve_device("auto")
+    device = engine.resolve_device("auto")
     report: dict = {"system": system_info(device), "args": vars(args).copy()}
     with contextlib.ExitStack() as stack:
         if args.workdir:

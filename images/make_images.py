@@ -28,7 +28,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: the project's modules sit one folder up
 
+import ckplus  # noqa: E402
 import dataset  # noqa: E402
+import metrics  # noqa: E402
 import preprocess  # noqa: E402
 import synthetic  # noqa: E402
 import utils  # noqa: E402
@@ -47,8 +49,7 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def load_records(root: Path) -> list[dataset.Sequence]:
     """The peak frames of a CK+ tree (the official layout, which synthetic.py writes too)."""
-    return dataset.index_ckplus(root / synthetic.IMAGES_DIR, root / synthetic.FACS_DIR,
-                                root / synthetic.LANDMARKS_DIR)
+    return dataset.index_ckplus(*ckplus.training_dirs(root))
 
 
 def showcase(records: list[dataset.Sequence]) -> dataset.Sequence:
@@ -118,7 +119,7 @@ def draw_crop(record: dataset.Sequence, path: Path, size: int = 224) -> Path:
 def draw_f1(run_dir: Path, path: Path) -> Path:
     """The run's per-AU F1 chart, drawn by the same function main.py uses for its run folders."""
     results = json.loads((run_dir / "results.json").read_text())
-    return utils.plot_f1(results, path)
+    return metrics.plot_f1(results, path)
 
 
 PIPELINE = [

@@ -18,6 +18,7 @@ import torchvision
 
 import main
 import utils
+import metrics
 EPOCHS, KFOLD, BATCH = 3, 3, 8  # three epochs, so passes per epoch cannot pass for a single one
 FEATURE_BATCH = 64  # compute_features' batch: max(--batch-size, 64)
 # The original's frozen backbone, small inputs: random AlexNet features train a head in seconds.
@@ -53,8 +54,8 @@ def test_feature_cache_matches_recompute_and_skips_backbone(ck, tmp_path, backbo
     frozen_run(ck, tmp_path / "recompute", "--no-feature-cache")
     recompute = dict(backbone_passes)
 
-    ids_c, _, folds_c, aus_c, targets_c, probs_c = utils.read_predictions(tmp_path / "cached" / "predictions.csv")
-    ids_r, _, folds_r, aus_r, targets_r, probs_r = utils.read_predictions(tmp_path / "recompute" / "predictions.csv")
+    ids_c, _, folds_c, aus_c, targets_c, probs_c = metrics.read_predictions(tmp_path / "cached" / "predictions.csv")
+    ids_r, _, folds_r, aus_r, targets_r, probs_r = metrics.read_predictions(tmp_path / "recompute" / "predictions.csv")
     n = len(ids_c)
     assert n == ck.summary.sequences
     assert (ids_c, folds_c, aus_c) == (ids_r, folds_r, aus_r)

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 import utils
+import metrics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,10 +31,10 @@ def run_dir(tmp_path) -> Path:
     targets = (rng.random((30, len(aus))) < 0.4).astype(np.float32)
     probs = np.clip(0.6 * targets + 0.5 * rng.random(targets.shape), 0, 1)
     results = {"model": "res18", "aus": aus, "split": "subject", "kfold": 3,
-               **utils.compute_metrics(targets, probs, aus)}
+               **metrics.compute_metrics(targets, probs, aus)}
     run = tmp_path / "run"
     run.mkdir()
-    utils.write_results(run, results)
+    metrics.write_results(run, results)
     return run
 
 

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+import dataset
+import engine
 import main
+import metrics
+import runs
 import utils
 from conftest import FAST, run_cli
 
@@ -18,7 +22,7 @@ FOLD_FILES = ("checkpoint.pth", "metrics.csv", "predictions.csv")
 def read_run(run_dir):
     """(results.json, pooled predictions as {sequence: probabilities})."""
     results = json.loads((run_dir / "results.json").read_text())
-    ids, _, _, _, _, probs = utils.read_predictions(run_dir / "predictions.csv")
+    ids, _, _, _, _, probs = metrics.read_predictions(run_dir / "predictions.csv")
     return results, dict(zip(ids, map(tuple, probs)))
 
 
@@ -47,7 +51,7 @@ def test_run_folder_holds_everything_a_user_opens(run, ck):
         assert set(m) >= {"f1", "precision", "recall", "auc", "support"}
     assert 0 <= results["macro"]["f1"] <= 1
     # every sequence is predicted exactly once, out of fold, and the supports count its labels
-    ids, _, folds, aus, targets, probs = utils.read_predictions(run / "predictions.csv")
+    ids, _, folds, aus, targets, probs = metrics.read_predictions(run / "predictions.csv")
     assert sorted(ids) == sorted(set(ids)) and len(ids) == ck.summary.sequences
     assert [results["per_au"][f"AU{a}"]["support"] for a in aus] == targets.sum(0).astype(int).tolist()
     assert ((probs >= 0) & (probs <= 1)).all()
@@ -56,18 +60,18 @@ def test_run_folder_holds_everything_a_user_opens(run, ck):
 
 
 def test_checkpoint_holds_what_resume_needs(run):
-    ckpt = utils.load_checkpoint(run / "fold1" / "checkpoint.pth")
-    assert {"model", "optimizer", "lr_scheduler", "scaler", "epoch", "fold", "args", "aus", "test_ids",
-            "rng"} <= set(ckpt)
+    ckpt = runs.load_checkpoint(run / "fold1" / "checkpoint.pth")
+    assert {"version", "model", "optimizer", "lr_scheduler", "scaler", "epoch", "fold", "args", "aus",
+            "test_ids"} <= set(ckpt)
     assert ckpt["epoch"] == 1 and ckpt["fold"] == 1 and ckpt["aus"] == [1, 2, 4, 5, 6, 7, 12, 15, 17, 25]
-    fold_ids = utils.read_predictions(run / "fold1" / "predictions.csv")[0]
+    fold_ids = metrics.read_predictions(run / "fold1" / "predictions.csv")[0]
     assert ckpt["test_ids"] == fold_ids
 
 
 def test_subject_split_never_puts_a_subject_on_both_sides(run):
     subjects_of = []
     for k in range(3):
-        _, subjects, folds, *_ = utils.read_predictions(run / f"fold{k}" / "predictions.csv")
+        _, subjects, folds, *_ = metrics.read_predictions(run / f"fold{k}" / "predictions.csv")
         assert set(folds) == {k}
         subjects_of.append(set(subjects))
     for a in range(3):
@@ -77,7 +81,7 @@ def test_subject_split_never_puts_a_subject_on_both_sides(run):
 
 def test_make_folds_balances_subjects_and_keeps_the_original_sequence_split():
     subjects = [f"S{i % 7:03d}" for i in range(40)]
-    folds = main.make_folds(subjects, 3, "subject")
+    folds = engine.make_folds(subjects, 3, "subject")
     assert sorted(np.concatenate(folds).tolist()) == list(range(40))
     owners = [{subjects[i] for i in f} for f in folds]
     assert all(not owners[a] & owners[b] for a in range(3) for b in range(a + 1, 3))
@@ -85,7 +89,7 @@ def test_make_folds_balances_subjects_and_keeps_the_original_sequence_split():
     from sklearn.model_selection import KFold
 
     expected = [t for _, t in KFold(5, shuffle=True, random_state=20).split(np.zeros(40))]
-    assert all((a == b).all() for a, b in zip(main.make_folds(subjects, 5, "sequence"), expected))
+    assert all((a == b).all() for a, b in zip(engine.make_folds(subjects, 5, "sequence"), expected))
 
 
 def test_evaluate_reproduces_results_json(run, ck):
@@ -102,8 +106,8 @@ def test_evaluate_reproduces_results_json(run, ck):
 def test_evaluate_one_checkpoint_needs_no_data_paths(run):
     """-e --resume CHECKPOINT takes the data folders, model and AUs from the run."""
     assert main.cli(["-e", "--resume", str(run / "fold2" / "checkpoint.pth"), "--quiet"]) == 0
-    ids, *_, probs = utils.read_predictions(run / "fold2" / "evaluate" / "fold2" / "predictions.csv")
-    ref_ids, *_, ref_probs = utils.read_predictions(run / "fold2" / "predictions.csv")
+    ids, *_, probs = metrics.read_predictions(run / "fold2" / "evaluate" / "fold2" / "predictions.csv")
+    ref_ids, *_, ref_probs = metrics.read_predictions(run / "fold2" / "predictions.csv")
     assert ids == ref_ids and np.array_equal(probs, ref_probs)
 
 
@@ -152,7 +156,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(ck, tmp_path, monke
     assert main.cli([*args, "--output-dir", str(tmp_path / "straight")]) == 0
     capsys.readouterr()
 
-    real, calls = main.train_one_epoch, []
+    real, calls = engine.train_one_epoch, []
 
     def interrupt_in_fold1_epoch2(*a, **kw):
         calls.append(1)
@@ -160,17 +164,17 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(ck, tmp_path, monke
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(main, "train_one_epoch", interrupt_in_fold1_epoch2)
+    monkeypatch.setattr(engine, "train_one_epoch", interrupt_in_fold1_epoch2)
     broken = tmp_path / "broken"
     with pytest.raises(SystemExit) as stop:
         main.cli([*args, "--output-dir", str(broken)])
     assert stop.value.code == 130
     err = capsys.readouterr().err
     assert "interrupted in fold 1" in err and f"--resume {broken}" in err
-    assert utils.load_checkpoint(broken / "fold1" / "checkpoint.pth")["epoch"] == 0
+    assert runs.load_checkpoint(broken / "fold1" / "checkpoint.pth")["epoch"] == 0
     assert not (broken / "results.json").exists()
 
-    monkeypatch.setattr(main, "train_one_epoch", real)
+    monkeypatch.setattr(engine, "train_one_epoch", real)
     assert main.cli(["--resume", str(broken), "--quiet"]) == 0
     assert read_run(broken) == read_run(tmp_path / "straight")
     assert [r.split(",")[0] for r in (broken / "fold1" / "metrics.csv").read_text().splitlines()[1:]] == ["1", "2", "3"]
@@ -180,10 +184,10 @@ def test_resume_a_checkpoint_continues_that_fold_only(ck, tmp_path):
     run_dir = tmp_path / "one"
     assert main.cli([*ck.dirs, *FAST, "--output-dir", str(run_dir), "--fold", "1", "--epochs", "1"]) == 0
     ckpt = run_dir / "fold1" / "checkpoint.pth"
-    assert utils.load_checkpoint(ckpt)["epoch"] == 0
+    assert runs.load_checkpoint(ckpt)["epoch"] == 0
     # the run's settings say one epoch: the checkpoint is finished, nothing more runs
     assert main.cli(["--resume", str(ckpt), "--quiet"]) == 0
-    assert not (run_dir / "fold0").exists() and utils.load_checkpoint(ckpt)["epoch"] == 0
+    assert not (run_dir / "fold0").exists() and runs.load_checkpoint(ckpt)["epoch"] == 0
 
 
 def test_start_epoch_starts_the_schedule_there_too(ck, tmp_path):
@@ -209,11 +213,11 @@ def test_alexnet_frozen_and_final_model(ck, tmp_path):
     argv = [*ck.dirs, *FAST, "--model", "alexnet", "--freeze-backbone", "--final", "--epochs", "2"]
     assert main.cli([*argv, "--output-dir", str(run_dir)]) == 0
     assert (run_dir / "backbone.pth").is_file() and (run_dir / "final" / "checkpoint.pth").is_file()
-    final = utils.load_checkpoint(run_dir / "final" / "checkpoint.pth")
+    final = runs.load_checkpoint(run_dir / "final" / "checkpoint.pth")
     assert final["test_ids"] == [] and final["epoch"] == 1
     # a frozen checkpoint holds the head only; the backbone is stored once for the run
     assert all(not k.startswith("backbone.") for k in final["model"])
-    model, _ = main.load_trained_model(run_dir / "fold0" / "checkpoint.pth")
+    model, _ = runs.load_trained_model(run_dir / "fold0" / "checkpoint.pth")
     assert main.cli(["-e", "--resume", str(run_dir), "--quiet"]) == 0
     assert json.loads((run_dir / "evaluate" / "results.json").read_text())["per_au"] == \
         json.loads((run_dir / "results.json").read_text())["per_au"]
@@ -232,7 +236,8 @@ def test_unknown_au_is_trained_and_reported_as_not_available(ck, tmp_path, capsy
 
 def test_demo_generates_its_tree_once_and_prints_the_table(tmp_path, monkeypatch, capsys):
     """--demo with its sizes shrunk: the real path, from generation to the printed run folder."""
-    monkeypatch.setattr(main, "DEMO", {**main.DEMO, "subjects": 6, "epochs": 1, "kfold": 2, "model": "squeezenet1_1"})
+    monkeypatch.setattr(dataset, "DEMO_SUBJECTS", 6)
+    monkeypatch.setattr(main, "DEMO", {**main.DEMO, "epochs": 1, "kfold": 2, "model": "squeezenet1_1"})
     for name in ("one", "two"):
         assert main.cli(["--demo", "--quiet", "--cache-dir", str(tmp_path / "cache"),
                          "--output-dir", str(tmp_path / name)]) == 0
@@ -253,14 +258,14 @@ def test_help_lists_every_original_flag_with_its_default():
 
 def test_positive_weights_come_from_the_training_labels_only():
     labels = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0]], dtype=torch.float32)
-    assert main.positive_weights(labels).tolist() == pytest.approx([1 / 3, 3.0, 1.0])
+    assert engine.positive_weights(labels).tolist() == pytest.approx([1 / 3, 3.0, 1.0])
 
 
 def test_augment_and_seed_change_training_and_are_repeatable(ck, tmp_path):
     def fold0(name, *flags):
         run_dir = tmp_path / name
         assert main.cli([*ck.dirs, *FAST, "--epochs", "1", "--fold", "0", "--output-dir", str(run_dir), *flags]) == 0
-        return utils.read_predictions(run_dir / "fold0" / "predictions.csv")[-1]
+        return metrics.read_predictions(run_dir / "fold0" / "predictions.csv")[-1]
 
     plain, augmented, again = fold0("plain"), fold0("aug", "--augment"), fold0("aug2", "--augment")
     assert np.array_equal(augmented, again)

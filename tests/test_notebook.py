@@ -9,7 +9,7 @@ import pytest
 from nbclient import NotebookClient
 
 import dataset
-import main
+
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "take_a_look.ipynb"
@@ -70,7 +70,7 @@ def test_small_tree_falls_back_to_the_default_aus(executed):
 def test_without_ckplus_root_it_reads_the_demo_tree(ck, tmp_path):
     # The demo's place in a private cache holds the small tree, so nothing is generated here.
     cache = tmp_path / "cache"
-    demo = main.demo_root(str(cache / "au-recognition"))
+    demo = dataset.demo_root(str(cache / "au-recognition"))
     demo.parent.mkdir(parents=True)
     demo.symlink_to(ck.root, target_is_directory=True)
     nb = nbformat.read(NOTEBOOK, as_version=4)

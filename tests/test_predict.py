@@ -17,6 +17,7 @@ import dataset
 import main
 import predict
 import utils
+import metrics
 from conftest import FAST, REPO
 
 # ----------------------------------------------------------------------------- helpers and fixtures
@@ -72,7 +73,7 @@ def run(ck, tmp_path_factory) -> SimpleNamespace:
     run_dir = tmp_path_factory.mktemp("predict") / "run"
     assert main.cli([*ck.dirs, *FAST, "--output-dir", str(run_dir)]) == 0
     saved = json.loads((run_dir / "args.json").read_text())
-    aus = utils.read_predictions(run_dir / "predictions.csv")[3]
+    aus = metrics.read_predictions(run_dir / "predictions.csv")[3]
     return SimpleNamespace(dir=run_dir, aus=aus, threshold=saved["threshold"], kfold=saved["kfold"])
 
 
@@ -83,7 +84,7 @@ def final_run(ck, tmp_path_factory) -> SimpleNamespace:
     run_dir = tmp_path_factory.mktemp("predict") / "final-run"
     assert main.cli([*ck.dirs, *FAST, "--freeze-backbone", "--final", "--output-dir", str(run_dir)]) == 0
     assert (run_dir / "backbone.pth").is_file() and (run_dir / "final" / "checkpoint.pth").is_file()
-    aus = utils.read_predictions(run_dir / "predictions.csv")[3]
+    aus = metrics.read_predictions(run_dir / "predictions.csv")[3]
     return SimpleNamespace(dir=run_dir, aus=aus)
 
 
@@ -148,14 +149,14 @@ def test_probabilities_match_what_training_evaluated(folder_predictions, run, ck
     """A fold's checkpoint on the peak frames of its own test set gives the probabilities
     main.py wrote for them: the same crop, gray conversion and normalisation."""
     for k in range(run.kfold):
-        ids, _, _, aus, _, expected = utils.read_predictions(run.dir / f"fold{k}" / "predictions.csv")
+        ids, _, _, aus, _, expected = metrics.read_predictions(run.dir / f"fold{k}" / "predictions.csv")
         rows = by_file(folder_predictions[f"fold{k}"])
         got = probs_of([rows[str(peak_frame(ck, seq_id))] for seq_id in ids], aus)
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
 def test_frozen_backbone_run_matches_training_and_prefers_its_final_model(final_run, ck, tmp_path, capsys):
-    ids, _, _, aus, _, expected = utils.read_predictions(final_run.dir / "fold1" / "predictions.csv")
+    ids, _, _, aus, _, expected = metrics.read_predictions(final_run.dir / "fold1" / "predictions.csv")
     peaks = [peak_frame(ck, seq_id) for seq_id in ids]
     rc, _, _ = call(capsys, final_run.dir / "fold1" / "checkpoint.pth", *peaks, "--landmarks", ck.landmarks,
                     "--out", tmp_path / "fold1.csv")

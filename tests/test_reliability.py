@@ -20,6 +20,8 @@ from PIL import Image
 import main
 import synthetic
 import utils
+import metrics
+import runs
 from conftest import FAST, REPO, run_cli
 
 # One epoch, two folds: the smallest complete run (tiny trees have three subjects).
@@ -96,7 +98,7 @@ def test_skip_bad_trains_on_the_rest_and_says_what_it_skipped(tmp_path, capsys):
     assert main.cli([*dirs, *QUICK, "--skip-bad", "--output-dir", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
     assert frame.name in err and "skipped 1" in err
-    ids = utils.read_predictions(tmp_path / "run" / "predictions.csv")[0]
+    ids = metrics.read_predictions(tmp_path / "run" / "predictions.csv")[0]
     assert len(ids) == summary.sequences - 1
 
 
@@ -170,7 +172,7 @@ def test_rgb_frames_mixed_sizes_odd_paths_and_landmarks_off_the_frame(tmp_path, 
     landmarks.write_text("".join("   %.7e   %.7e\n" % tuple(p) for p in points))
     run_dir = tmp_path / "runs ü" / "r 1"
     assert main.cli([*dirs, *QUICK, "--output-dir", str(run_dir)]) == 0, capsys.readouterr().err
-    assert len(utils.read_predictions(run_dir / "predictions.csv")[0]) == summary.sequences
+    assert len(metrics.read_predictions(run_dir / "predictions.csv")[0]) == summary.sequences
     assert main.cli(["-e", "--resume", str(run_dir), "--quiet"]) == 0
 
 
@@ -216,7 +218,7 @@ def test_checkpoint_from_another_model_or_au_list_is_refused(trained, tmp_path, 
     run = copy_run(run_dir, tmp_path / "run")
     (run / "results.json").unlink()
     path = run / "fold0" / "checkpoint.pth"
-    ckpt = utils.load_checkpoint(path)
+    ckpt = runs.load_checkpoint(path)
     ckpt[field] = value
     torch.save(ckpt, path)
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
@@ -241,7 +243,7 @@ def test_checkpoint_crafted_to_run_code_is_refused_and_runs_nothing(trained, tmp
     marker = tmp_path / "pwned"
     run = copy_run(run_dir, tmp_path / "run")
     path = run / "fold0" / "checkpoint.pth"
-    ckpt = utils.load_checkpoint(path)
+    ckpt = runs.load_checkpoint(path)
     ckpt["model"] = RunsCode(marker)
     torch.save(ckpt, path)
     fails(capsys, ["-e", "--resume", path], "refused", "checkpoint.pth")
@@ -266,7 +268,7 @@ def test_nan_loss_stops_the_fold_naming_epoch_and_learning_rate(tmp_path, capsys
     epoch = int(line.split("fold 0 epoch ")[1].split(":")[0])
     ckpt = run_dir / "fold0" / "checkpoint.pth"
     if epoch > 1:  # the last good epoch is kept
-        state = utils.load_checkpoint(ckpt)
+        state = runs.load_checkpoint(ckpt)
         assert state["epoch"] == epoch - 2
         assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     else:
@@ -281,7 +283,7 @@ KILL_ARGS = ["--epochs", "3"]
 # or when fold N is about to start (between folds).
 DRIVER = textwrap.dedent("""
     import io, os, signal, sys
-    import main, torch
+    import engine, main, torch
     point, n, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     calls = [0]
 
@@ -289,13 +291,13 @@ DRIVER = textwrap.dedent("""
         os.kill(os.getpid(), signal.SIGKILL)
 
     if point == "batch":
-        real_batch = main.Inputs.batch
+        real_batch = engine.Inputs.batch
         def batch(self, *a, **k):
             calls[0] += 1
             if calls[0] == n:
                 die()
             return real_batch(self, *a, **k)
-        main.Inputs.batch = batch
+        engine.Inputs.batch = batch
     elif point == "checkpoint":
         real_save = torch.save
         def save(obj, f, *a, **k):
@@ -310,12 +312,12 @@ DRIVER = textwrap.dedent("""
             return real_save(obj, f, *a, **k)
         torch.save = save
     elif point == "fold":
-        real_fold = main.train_fold
+        real_fold = engine.train_fold
         def train_fold(fold, *a, **k):
             if fold == n:
                 die()
             return real_fold(fold, *a, **k)
-        main.train_fold = train_fold
+        engine.train_fold = train_fold
     sys.exit(main.cli(argv))
 """)
 
@@ -327,7 +329,7 @@ def drive(point: str, n: int, argv: list) -> subprocess.CompletedProcess:
 
 def read_run(run_dir: Path):
     results = json.loads((run_dir / "results.json").read_text())
-    ids, _, _, _, _, probs = utils.read_predictions(run_dir / "predictions.csv")
+    ids, _, _, _, _, probs = metrics.read_predictions(run_dir / "predictions.csv")
     return results["per_au"], results["macro"], dict(zip(ids, map(tuple, probs)))
 
 
@@ -353,7 +355,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(point, n, ck, straight,
     leftovers = list(run_dir.rglob("*.tmp-*"))
     assert bool(leftovers) == (point == "checkpoint")
     if point == "checkpoint":  # the good checkpoint of the epoch before is intact
-        assert utils.load_checkpoint(run_dir / "fold1" / "checkpoint.pth")["epoch"] == 0
+        assert runs.load_checkpoint(run_dir / "fold1" / "checkpoint.pth")["epoch"] == 0
 
     resumed = run_cli("--resume", run_dir, "--quiet")
     assert resumed.returncode == 0, resumed.stderr

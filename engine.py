@@ -1,0 +1,316 @@
+"""Training and evaluation: the data a run trains on, its folds, one epoch, one fold.
+
+Reads top to bottom: the device, the data and the folds, what a batch is made of (`Inputs`),
+the loss, `train_one_epoch`, `evaluate`, and `train_fold`, which trains one fold from fresh
+weights (or its checkpoint) and returns the fold's test probabilities. Everything a function
+needs is passed to it; nothing here reads global state.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import dataset
+import models
+import preprocess
+import runs
+import utils
+from utils import UserError
+
+log = logging.getLogger("au")
+
+ORIGINAL_SPLIT_SEED = 20  # the original shuffled its KFold with random_state=20
+
+
+def resolve_device(name: str) -> torch.device:
+    """--device: auto (CUDA when present), cpu, cuda or cuda:N."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+# ----------------------------------------------------------------------------- data and folds
+
+
+def load_data(args: argparse.Namespace) -> tuple[dataset.CKPlusDataset, list[int]]:
+    """The run's sequences (face crops and labels) and the AUs it recognises."""
+    for role in ("data_dir", "label_dir", "landmark_dir"):
+        if not getattr(args, role):
+            raise UserError("give DATA_DIR LABEL_DIR LANDMARK_DIR (the three CK+ folders), or --demo")
+    records = dataset.index_ckplus(args.data_dir, args.label_dir, args.landmark_dir, skip_bad=args.skip_bad)
+    aus = dataset.select_aus(records, aus=None if args.aus is None else dataset.parse_au_list(args.aus),
+                             min_count=args.min_count)
+    data = dataset.CKPlusDataset(
+        records, aus, size=args.image_size, crop=args.crop, margin=args.margin,
+        cache_dir=None if args.no_cache else args.cache_dir, workers=args.workers, skip_bad=args.skip_bad,
+    )
+    missing = [f"AU{au}" for au, n in zip(aus, data.labels.sum(0).tolist()) if n == 0]
+    if missing:
+        log.warning("no sequence codes %s: trained anyway, its metrics are reported as not available",
+                    ", ".join(missing))
+    log.info("%d sequences from %d subjects; AUs %s", len(data), len(set(data.subjects)),
+             " ".join(f"AU{a}" for a in aus))
+    return data, aus
+
+
+def make_folds(subjects: list[str], kfold: int, split: str) -> list[np.ndarray]:
+    """Test indices of each fold.
+
+    `subject`: scikit-learn's GroupKFold over subjects (the largest subjects first, each to the
+    fold with the fewest sequences so far), so no subject is on both sides and folds are
+    balanced. `sequence`: the original's shuffled KFold over sequences (random_state 20).
+    """
+    from sklearn.model_selection import GroupKFold, KFold
+
+    n = len(subjects)
+    if split == "sequence":
+        if kfold > n:
+            raise UserError(f"--kfold {kfold} is more than the {n} sequences: lower --kfold")
+        splitter = KFold(n_splits=kfold, shuffle=True, random_state=ORIGINAL_SPLIT_SEED)
+        return [test for _, test in splitter.split(np.zeros(n))]
+    n_subjects = len(set(subjects))
+    if kfold > n_subjects:
+        raise UserError(f"--kfold {kfold} is more than the {n_subjects} subjects: lower --kfold, "
+                        f"or use --split sequence")
+    return [test for _, test in GroupKFold(n_splits=kfold).split(np.zeros(n), groups=subjects)]
+
+
+# ----------------------------------------------------------------------------- what a batch is
+
+
+@dataclass
+class Inputs:
+    """What a fold trains on: uint8 crops normalised per batch on the device, or, with a frozen
+    backbone and no augmentation, the backbone's features of every image (computed once per
+    run by `make_inputs`), in which case only the model's head runs (`forward`)."""
+
+    labels: torch.Tensor
+    images: torch.Tensor
+    features: torch.Tensor | None = None
+    mean: tuple = (0.5, 0.5, 0.5)
+    std: tuple = (0.5, 0.5, 0.5)
+    augment: bool = False
+    channels_last: bool = False
+
+    def batch(self, idx: torch.Tensor, device: torch.device, generator: torch.Generator | None, train: bool):
+        if self.features is not None:
+            return self.features[idx].to(device, non_blocking=True)
+        x = self.images[idx].to(device, non_blocking=True)
+        return preprocess.prepare_batch(x, self.mean, self.std, augment=self.augment and train,
+                                        generator=generator, channels_last=self.channels_last)
+
+    def forward(self, model: models.AUNet, x: torch.Tensor):
+        """The model on a batch: the head alone on cached features, the whole model on images."""
+        return model.forward_head(x) if self.features is not None else model(x)
+
+
+def autocast(device: torch.device, amp: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda")
+
+
+def make_inputs(data: dataset.CKPlusDataset, args: argparse.Namespace, device: torch.device,
+                frozen_backbone: dict | None = None) -> Inputs:
+    """The run's inputs on `device`; with `frozen_backbone` (and no augmentation, and the feature
+    cache not turned off) its features of every image, computed here once."""
+    config = models.model_config(args.model)
+    mean, std = preprocess.resolve_norm(args.norm, config.mean, config.std)
+    images = data.images
+    if device.type == "cuda":
+        # The whole uint8 set is tens of MB: one pinned copy to the GPU, then batches are
+        # gathered and normalised there with no host round trip.
+        images = images.pin_memory().to(device, non_blocking=True)
+    inputs = Inputs(labels=data.labels, images=images, mean=mean, std=std, augment=args.augment,
+                    channels_last=device.type == "cuda")
+    if frozen_backbone is not None and not args.augment and not args.no_feature_cache:
+        t0 = time.perf_counter()
+        extractor = models.build_model(args.model, len(data.aus), pretrained=False, freeze_backbone=True,
+                                       backbone_state=frozen_backbone).to(device).eval()
+        if inputs.channels_last:
+            extractor.to(memory_format=torch.channels_last)
+        with torch.no_grad():
+            chunks = []
+            for idx in torch.arange(len(data)).split(max(args.batch_size, 64)):
+                with autocast(device, args.amp):
+                    chunks.append(extractor.forward_features(inputs.batch(idx, device, None, train=False)).float())
+        inputs.features = torch.cat(chunks)
+        log.info("frozen backbone: features of %d images computed once in %.1fs", len(data),
+                 time.perf_counter() - t0)
+    return inputs
+
+
+# ----------------------------------------------------------------------------- one epoch
+
+
+def epoch_generator(seed: int, fold: int, epoch: int) -> torch.Generator:
+    """Batch order, augmentation and dropout of an epoch depend on (seed, fold, epoch) only,
+    so an epoch replayed after a resume is bit for bit the one that was interrupted (and no
+    RNG state needs saving)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + fold * 10_007 + epoch)
+
+
+def au_loss(criterion: nn.Module, output, target: torch.Tensor) -> torch.Tensor:
+    """BCE per AU, averaged over the batch and summed over AUs (the original's loss);
+    inception's auxiliary output adds 0.4 of its own loss, as torchvision's recipe does."""
+    if isinstance(output, tuple):
+        logits, aux = output
+        return criterion(logits, target).mean(0).sum() + models.AUX_WEIGHT * criterion(aux, target).mean(0).sum()
+    return criterion(output, target).mean(0).sum()
+
+
+def train_one_epoch(model: models.AUNet, criterion: nn.Module, optimizer, scaler, inputs: Inputs,
+                    train_idx: torch.Tensor, device: torch.device, args, generator: torch.Generator,
+                    progress) -> float:
+    """One pass over `train_idx` in the generator's order -> the mean training loss."""
+    model.train()
+    order = train_idx[torch.randperm(len(train_idx), generator=generator)]
+    total, count = torch.zeros((), device=device), 0
+    for idx in order.split(args.batch_size):
+        if len(idx) == 1 and len(order) > 1:
+            continue  # BatchNorm cannot train on a batch of one; skipped for every model alike
+        x = inputs.batch(idx, device, generator, train=True)
+        y = inputs.labels[idx].to(device, non_blocking=True)
+        with autocast(device, args.amp):
+            loss = au_loss(criterion, inputs.forward(model, x), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total += loss.detach() * len(idx)  # stays on the device: no sync per batch
+        count += len(idx)
+        progress.update(len(idx))
+    return (total / max(count, 1)).item()
+
+
+@torch.no_grad()
+def evaluate(model: models.AUNet, inputs: Inputs, idx: torch.Tensor, device: torch.device, batch_size: int,
+             amp: bool = False) -> np.ndarray:
+    """Sigmoid probabilities (n, A) for the sequences `idx`."""
+    model.eval()
+    out = []
+    for chunk in idx.split(batch_size):
+        with autocast(device, amp):
+            logits = inputs.forward(model, inputs.batch(chunk, device, None, train=False))
+        out.append(torch.sigmoid(logits.float()).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, inputs.labels.shape[1]), np.float32)
+
+
+def positive_weights(labels: torch.Tensor) -> torch.Tensor:
+    """negatives / positives per AU from the training part only; 1 where an AU has no positives."""
+    pos = labels.sum(0)
+    neg = len(labels) - pos
+    return torch.where(pos > 0, neg / pos.clamp(min=1), torch.ones_like(pos))
+
+
+# ----------------------------------------------------------------------------- one fold
+
+
+class Diverged(UserError):
+    """The loss became NaN or infinite: a user-fixable setting (usually --lr)."""
+
+
+class Clock:
+    """Progress bars and the estimate of time left, over all epochs the run still has to do."""
+
+    def __init__(self, epochs_left: int, quiet: bool):
+        self.epochs_left = epochs_left
+        self.done_seconds, self.done = 0.0, 0
+        self.show_bar = not quiet and sys.stderr.isatty()
+
+    def bar(self, total: int, desc: str):
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="img", leave=False, disable=not self.show_bar)
+
+    def epoch_done(self, seconds: float) -> None:
+        self.done_seconds += seconds
+        self.done += 1
+        self.epochs_left -= 1
+
+    def eta(self) -> str:
+        if not self.done:
+            return "?"
+        return utils.format_duration(self.done_seconds / self.done * max(self.epochs_left, 0))
+
+
+def train_fold(fold: int, train_idx: np.ndarray, test_idx: np.ndarray, data: dataset.CKPlusDataset,
+               inputs: Inputs, aus: list[int], args, device: torch.device, fold_dir: Path, clock: Clock,
+               frozen_backbone: dict | None = None) -> np.ndarray:
+    """Train one fold from fresh weights (or its checkpoint) and return its test probabilities.
+
+    With `frozen_backbone` (the run's, shared by every fold) only the head starts fresh."""
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    utils.clean_temp_files(fold_dir)
+    ckpt_path = fold_dir / runs.CHECKPOINT
+    torch.manual_seed(args.seed + fold)  # fresh weights for every fold, the same on a re-run
+    model = models.build_model(args.model, len(aus), pretrained=not args.no_pretrained and frozen_backbone is None,
+                               freeze_backbone=args.freeze_backbone, backbone_state=frozen_backbone)
+    model.to(device)
+    if inputs.channels_last:
+        model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.step, gamma=args.gamma)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda")
+    train_t = torch.as_tensor(train_idx, dtype=torch.long)
+    test_t = torch.as_tensor(test_idx, dtype=torch.long)
+    pos_weight = positive_weights(data.labels[train_t]).to(device) if args.pos_weight else None
+    criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="none")
+    test_ids = [data.ids[i] for i in test_idx]
+
+    start, history = args.start_epoch, []
+    if ckpt_path.exists():
+        ckpt = runs.load_fold_checkpoint(ckpt_path, args, aus, fold, test_ids)
+        runs.load_model_state(model, ckpt, ckpt_path)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["lr_scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start, history = ckpt["epoch"] + 1, ckpt["history"]
+        del ckpt  # its copy of the weights (hundreds of MB for vgg) need not live through the fold
+        if start < args.epochs:
+            log.info("fold %d: resuming at epoch %d from %s", fold, start, ckpt_path)
+    else:
+        with warnings.catch_warnings():  # stepping the schedule before any optimizer step is the point here
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            for _ in range(args.start_epoch):  # --start-epoch: the schedule starts where the epochs do
+                scheduler.step()
+
+    for epoch in range(start, args.epochs):
+        t0 = time.perf_counter()
+        generator = epoch_generator(args.seed, fold, epoch)
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))  # dropout
+        lr = optimizer.param_groups[0]["lr"]
+        with clock.bar(len(train_idx), f"fold {fold} epoch {epoch + 1}/{args.epochs}") as progress:
+            loss = train_one_epoch(model, criterion, optimizer, scaler, inputs, train_t, device, args, generator,
+                                   progress)
+        if not math.isfinite(loss):
+            raise Diverged(
+                f"fold {fold} epoch {epoch + 1}: the loss became {loss} (the learning rate {lr:g} is likely too "
+                f"high: lower --lr); the last good checkpoint is kept in {ckpt_path if ckpt_path.exists() else fold_dir}"
+            )
+        scheduler.step()
+        seconds = time.perf_counter() - t0
+        history.append({"epoch": epoch, "loss": loss, "lr": lr, "seconds": round(seconds, 3)})
+        runs.save_checkpoint(runs.fold_checkpoint(model, optimizer, scheduler, scaler, epoch=epoch, fold=fold,
+                                                  args=args, aus=aus, test_ids=test_ids, history=history), ckpt_path)
+        utils.write_csv(fold_dir / "metrics.csv", ["epoch", "loss", "lr", "seconds"],
+                        [[h["epoch"] + 1, h["loss"], h["lr"], h["seconds"]] for h in history])
+        clock.epoch_done(seconds)
+        log.info("fold %d epoch %d/%d  loss %.4f  lr %.3g  %.1fs  (%s left)", fold, epoch + 1, args.epochs, loss, lr,
+                 seconds, clock.eta())
+    return evaluate(model, inputs, test_t, device, args.batch_size, args.amp)

@@ -1,0 +1,368 @@
+"""A run folder and what it holds: args.json, the checkpoint format, resume and rebuilding a model.
+
+One checkpoint format, built by `fold_checkpoint` and read by `load_checkpoint` (with a
+`"version"` key, checked on load). A run folder is made once its data and folds are known to
+work; `--resume`, `-e` and predict.py find their way back into it from here.
+
+    RUN_DIR/args.json                the run's settings (RUN_SETTINGS), data folders, command line
+    RUN_DIR/foldK/checkpoint.pth     fold K's model, optimizer, schedule, epoch, history, test IDs
+    RUN_DIR/backbone.pth             with --freeze-backbone: the one frozen backbone of every fold
+    RUN_DIR/final/checkpoint.pth     with --final: the model trained on every sequence
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import sys
+import warnings
+import zipfile
+from datetime import datetime
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+import metrics
+import models
+import utils
+from utils import UserError
+
+CHECKPOINT = "checkpoint.pth"
+BACKBONE = "backbone.pth"
+# Bumped when a checkpoint's keys change meaning; files without the key predate it (format 1).
+FORMAT_VERSION = 2
+CHECKPOINT_KEYS = ("model", "epoch", "aus", "arch")
+
+# Flags that describe how a run is trained: saved in args.json, fixed for the life of a
+# run. The rest (device, workers, paths, verbosity) may change when a run is resumed.
+RUN_SETTINGS = (
+    "model", "aus", "min_count", "crop", "margin", "image_size", "norm", "augment", "no_pretrained",
+    "freeze_backbone", "epochs", "step", "gamma", "start_epoch", "batch_size", "lr", "momentum", "wd",
+    "pos_weight", "threshold", "kfold", "split", "seed", "amp", "skip_bad", "final",
+)
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    return {k: getattr(args, k) for k in RUN_SETTINGS}
+
+
+# ----------------------------------------------------------------------------- checkpoint files
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """torch.save `state` atomically: a crash mid-save never replaces a good checkpoint with half of one."""
+    return utils.write_atomically(path, lambda f: torch.save(state, f))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    line = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+def load_checkpoint(path: str | os.PathLike, required: Sequence[str] = CHECKPOINT_KEYS) -> dict:
+    """Load a checkpoint written by `save_checkpoint`, safely, onto the CPU.
+
+    weights_only=True means only tensors and plain data are rebuilt: a file crafted to run code
+    when unpickled is refused before anything in it runs. Every failure is a UserError naming the
+    file and what to do.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist: check the path")
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a directory: give the checkpoint file (e.g. {path / 'checkpoint.pth'})")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise UserError(f"checkpoint {path} cannot be read ({e.strerror}): check its permissions") from e
+    if magic != b"PK\x03\x04":  # torch.save writes a zip archive
+        what = "is empty" if not magic else "is not a PyTorch file"
+        raise UserError(f"{path} {what}, so not a checkpoint: give a checkpoint.pth written by main.py")
+    try:
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of files it did not write; the error below says it better
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as e:
+        raise UserError(f"checkpoint {path} cannot be read ({e.strerror}): check its permissions") from e
+    except Exception as e:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(e)) if "Weights only load failed" in str(e) else None
+        if refused:
+            raise UserError(
+                f"checkpoint {path} was refused: it holds objects other than tensors and plain data "
+                f"({refused.group(1)}), which could run code when loaded; nothing in it was executed. "
+                f"Use only checkpoints written by main.py"
+            ) from e
+        if "PytorchStreamReader" in str(e) or isinstance(e, (EOFError, zipfile.BadZipFile)):
+            raise UserError(f"checkpoint {path} is truncated or damaged (an interrupted copy?): copy it again, "
+                            f"or delete it and resume the run to retrain that fold") from e
+        raise UserError(
+            f"{path} is not a readable checkpoint (truncated or not written by main.py): {_first_line(e)}"
+        ) from e
+    if not isinstance(state, dict):
+        raise UserError(f"{path} is not an AU checkpoint (it holds a {type(state).__name__}, not a dict): "
+                        f"give a checkpoint written by main.py")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise UserError(f"{path} is not an AU checkpoint (missing keys {', '.join(missing)}): "
+                        f"give a checkpoint written by main.py")
+    version = state.get("version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UserError(f"checkpoint {path} has format version {version}, newer than this program reads "
+                        f"({FORMAT_VERSION}): update this program to the one that wrote it")
+    return state
+
+
+
+
+def fold_checkpoint(model: models.AUNet, optimizer, scheduler, scaler, *, epoch: int, fold: int, args,
+                    aus: Sequence[int], test_ids: list[str], history: list[dict]) -> dict:
+    """The one checkpoint format: everything `--resume`, `-e` and predict.py read back.
+
+    A frozen backbone is left out (the run's backbone.pth holds it once)."""
+    return {
+        "version": FORMAT_VERSION, "model": model_state(model), "frozen_backbone": model.frozen,
+        "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+        "epoch": epoch, "fold": fold, "kfold": args.kfold, "arch": args.model, "aus": list(aus),
+        "args": run_settings(args), "test_ids": test_ids, "history": history,
+    }
+
+
+def model_state(model: models.AUNet) -> dict:
+    """What a checkpoint keeps of a model: everything, or only the head when the backbone is frozen."""
+    state = model.state_dict()
+    if model.frozen:
+        state = {k: v for k, v in state.items() if not k.startswith("backbone.")}
+    return state
+
+
+def load_model_state(model: models.AUNet, ckpt: dict, path: Path) -> None:
+    try:
+        if ckpt.get("frozen_backbone"):
+            missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+            if unexpected or any(not k.startswith("backbone.") for k in missing):
+                raise UserError(f"checkpoint {path} does not fit a {ckpt['arch']} AU head (missing {missing[:3]}, "
+                                f"unexpected {unexpected[:3]}): retrain")
+        else:
+            model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {path} does not fit a {ckpt['arch']} model with {len(ckpt['aus'])} AUs: "
+                        f"{str(e).splitlines()[0]}") from None
+
+
+def load_fold_checkpoint(path: Path, args, aus: list[int], fold: int | None, test_ids: list[str] | None) -> dict:
+    """A fold checkpoint that belongs to this run, or one clear error saying why not."""
+    ckpt = load_checkpoint(path)
+    if ckpt["arch"] != args.model:
+        raise UserError(f"checkpoint {path} is a {ckpt['arch']} model, not {args.model}: pass the matching --model "
+                        f"or another checkpoint")
+    if list(ckpt["aus"]) != list(aus):
+        raise UserError(f"checkpoint {path} recognises AUs {ckpt['aus']}, not {aus}: drop --aus/--min-count or use "
+                        f"another checkpoint")
+    if fold is not None and ckpt.get("fold") != fold:
+        raise UserError(f"checkpoint {path} is fold {ckpt.get('fold')}, not fold {fold}: check the run folder")
+    if test_ids is not None and list(ckpt.get("test_ids", [])) != test_ids:
+        raise UserError(f"checkpoint {path} was tested on other sequences than this fold: the data changed since the "
+                        f"run started; start a new run")
+    return ckpt
+
+
+def checkpoint_finished(path: Path, args, aus: list[int], fold: int, test_ids: list[str]) -> bool:
+    """The checkpoint belongs to this run and fold (or is the final model) and reached the last epoch."""
+    return path.is_file() and load_fold_checkpoint(path, args, aus, fold, test_ids)["epoch"] >= args.epochs - 1
+
+
+def fold_finished(fold_dir: Path, args, aus: list[int], fold: int, test_ids: list[str]) -> bool:
+    """A fold is finished when its predictions exist and its checkpoint reached the last epoch."""
+    return (fold_dir / "predictions.csv").is_file() and checkpoint_finished(fold_dir / CHECKPOINT, args, aus, fold,
+                                                                            test_ids)
+
+
+# ----------------------------------------------------------------------------- models from a run
+
+
+def run_backbone(run_dir: Path, args, num_aus: int) -> dict:
+    """The frozen backbone's weights, the same for every fold of a run: built once (ImageNet
+    weights, or random from --seed) and saved as RUN_DIR/backbone.pth, so fold checkpoints
+    hold only the head and a resumed or evaluated run uses exactly the same features."""
+    path = run_dir / BACKBONE
+    if path.is_file():
+        state = load_checkpoint(path, required=("backbone", "arch"))
+        if state["arch"] != args.model:
+            raise UserError(f"{path} is a {state['arch']} backbone, not {args.model}: it belongs to another run")
+        return state["backbone"]
+    torch.manual_seed(args.seed)
+    model = models.build_model(args.model, num_aus, pretrained=not args.no_pretrained, freeze_backbone=True)
+    state = model.backbone.state_dict()
+    save_checkpoint({"version": FORMAT_VERSION, "backbone": state, "arch": args.model,
+                     "pretrained": not args.no_pretrained}, path)
+    return state
+
+
+def build_trained_model(ckpt: dict, path: Path) -> models.AUNet:
+    """The trained model a fold (or final) checkpoint describes, on the CPU, in eval mode.
+
+    `path` is the checkpoint's file; a frozen-backbone checkpoint takes its backbone from
+    the run folder two levels up (RUN_DIR/foldK/checkpoint.pth -> RUN_DIR/backbone.pth)."""
+    backbone = None
+    if ckpt.get("frozen_backbone"):
+        backbone_path = Path(path).parent.parent / BACKBONE
+        if not backbone_path.is_file():
+            raise UserError(f"checkpoint {path} trained a head on a frozen backbone, and {backbone_path} is missing: "
+                            f"keep the checkpoint inside its run folder")
+        backbone = load_checkpoint(backbone_path, required=("backbone", "arch"))["backbone"]
+    try:
+        model = models.build_model(ckpt["arch"], len(ckpt["aus"]), pretrained=False,
+                                   freeze_backbone=bool(ckpt.get("frozen_backbone")), backbone_state=backbone)
+    except UserError as e:
+        raise UserError(f"checkpoint {path}: {e}") from None
+    load_model_state(model, ckpt, path)
+    return model.eval()
+
+
+def load_trained_model(path: str | Path) -> tuple[models.AUNet, dict]:
+    """A checkpoint written by main.py -> (model in eval mode on the CPU, the checkpoint dict)."""
+    ckpt = load_checkpoint(path)
+    return build_trained_model(ckpt, Path(path)), ckpt
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+
+def read_args_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable args.json ({e}): restore it from the run")
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def new_run_dir(args: argparse.Namespace) -> Path:
+    if args.output_dir:
+        return Path(args.output_dir)
+    return Path("runs") / f"{args.model}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def check_run_dir(run_dir: Path, args: argparse.Namespace) -> None:
+    """Refuse a run folder that would overwrite an earlier run.
+
+    A folder that already holds this run's args.json may be joined by a --fold job (folds
+    run as separate jobs and merge); anything else must be continued with --resume.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--output-dir {run_dir} is a file: choose a folder name")
+    saved = run_dir / "args.json"
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if args.fold is not None and saved.is_file():
+            theirs = read_args_json(saved)
+            if {k: theirs.get(k) for k in RUN_SETTINGS} == run_settings(args):
+                if (run_dir / f"fold{args.fold}").exists():
+                    raise UserError(f"{run_dir / f'fold{args.fold}'} exists: continue it with --resume {run_dir} "
+                                    f"--fold {args.fold}")
+                return
+            raise UserError(f"{run_dir} holds a run with other settings: choose another --output-dir")
+        raise UserError(f"{run_dir} already holds files (an earlier run?): continue it with --resume {run_dir}, "
+                        f"or choose another --output-dir")
+
+
+def open_run_dir(run_dir: Path, args: argparse.Namespace) -> None:
+    """Create the run folder and its args.json (kept when a --fold job joins its run)."""
+    check_run_dir(run_dir, args)
+    saved = run_dir / "args.json"
+    if saved.is_file():
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {run_dir} ({e.strerror}): choose another --output-dir")
+    utils.write_json(saved, {**run_settings(args), "data_dir": args.data_dir, "label_dir": args.label_dir,
+                             "landmark_dir": args.landmark_dir, "command": command_line()})
+
+
+def adopt_saved_settings(args: argparse.Namespace, source: Path) -> None:
+    """Take a run's own settings (its args.json) for resume/evaluate, and its data folders
+    unless given; explicit flags that disagree are an error."""
+    saved = read_args_json(source)
+    for key in ("model", "aus", "image_size", "crop", "norm"):
+        given, wanted = getattr(args, key), saved.get(key)
+        if given is not None and given != wanted:
+            raise UserError(f"--{key.replace('_', '-')} {given} does not match {source}, which was trained with "
+                            f"{wanted}: drop the flag")
+    for key, value in saved.items():
+        if key in RUN_SETTINGS:
+            setattr(args, key, value)
+    for role in ("data_dir", "label_dir", "landmark_dir"):
+        setattr(args, role, getattr(args, role) or saved.get(role))
+
+
+def locate_run(path: Path) -> tuple[Path, int | None]:
+    """--resume PATH: a run folder, or a fold checkpoint inside one -> (run folder, fold or None)."""
+    if not path.exists():
+        raise UserError(f"--resume {path} does not exist: give a run folder or a fold's checkpoint.pth")
+    if path.is_dir():
+        if not (path / "args.json").is_file():
+            raise UserError(f"--resume {path} is not a run folder (no args.json): give the folder main.py created")
+        return path, None
+    ckpt = load_checkpoint(path)
+    run_dir = path.parent.parent
+    if not (run_dir / "args.json").is_file():
+        raise UserError(f"checkpoint {path} is not inside a run folder (no {run_dir / 'args.json'})")
+    fold = ckpt.get("fold")
+    return run_dir, (None if fold == ckpt.get("kfold") else fold)
+
+
+def resume_command(run_dir: Path, args) -> str:
+    parts = ["python", "main.py", args.data_dir, args.label_dir, args.landmark_dir, "--resume", str(run_dir)]
+    if args.fold is not None:
+        parts += ["--fold", str(args.fold)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def protocol(args: argparse.Namespace) -> str:
+    """The cross-validation protocol in words, for results.json and the tables."""
+    folds = ("subject-independent folds (GroupKFold over subjects)" if args.split == "subject"
+             else "folds over sequences (a subject can be in train and test)")
+    return f"{args.kfold}-fold cross-validation, {folds}, pooled out-of-fold predictions"
+
+
+def write_results(out_dir: Path, args: argparse.Namespace, aus: list[int], parts: list[tuple]) -> dict:
+    """Per-AU metrics of the out-of-fold predictions of every fold, pooled (never averaged per fold),
+    written with the pooled predictions and the figures into `out_dir`.
+
+    `parts`: one (ids, subjects, folds, targets, probs) per fold."""
+    ids = [i for part in parts for i in part[0]]
+    subjects = [s for part in parts for s in part[1]]
+    folds = [k for part in parts for k in part[2]]
+    targets = np.concatenate([np.asarray(part[3]) for part in parts])
+    probs = np.concatenate([np.asarray(part[4]) for part in parts])
+    scores = metrics.compute_metrics(targets, probs, aus, args.threshold)
+    results = {
+        "model": args.model, "aus": list(aus), "split": args.split, "kfold": args.kfold, "protocol": protocol(args),
+        "pretrained": not args.no_pretrained, "freeze_backbone": args.freeze_backbone, "epochs": args.epochs,
+        "image_size": args.image_size, "crop": args.crop, "sequences": len(ids), **scores,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics.write_results(out_dir, results)
+    metrics.write_predictions(out_dir / "predictions.csv", ids, subjects, aus, targets, probs, fold=folds)
+    metrics.plot_f1(results, out_dir / "f1.png")
+    metrics.plot_confusion(targets, probs, aus, args.threshold, out_dir / "confusion.png")
+    return results
+
+
+def read_fold_predictions(fold_dir: Path, aus: list[int]) -> tuple:
+    """A finished fold's predictions.csv -> (ids, subjects, folds, targets, probs)."""
+    ids, subjects, folds, file_aus, targets, probs = metrics.read_predictions(fold_dir / "predictions.csv")
+    if list(file_aus) != list(aus):
+        raise UserError(f"{fold_dir / 'predictions.csv'} holds AUs {file_aus}, not {aus}: it belongs to another run")
+    return ids, subjects, folds, targets, probs
