@@ -1,0 +1,391 @@
+"""Compare finished runs: the original AU_Recognition README's Experiments table, built from run folders.
+
+    python compare.py runs/res18-a runs/res18-b                 # F1 per AU and its macro average, a row per run
+    python compare.py runs/* --metric auc --out comparison-auc  # ROC AUC instead
+
+Each row is named by its model and the flags that differ between the runs, so two runs that differ
+only in --lr read `res18 (--lr 0.001)` and `res18 (--lr 0.01)`. Runs whose protocols differ (folds,
+AUs, threshold, number of sequences) are still shown, with a warning per difference: their numbers
+are then not comparable. The table is printed and written to --out as compare.md (the best value
+per column in bold), compare.csv (full precision) and compare.png (grouped bars).
+
+Reads top to bottom: arguments, reading a run folder, naming the rows, the protocol checks, the
+table and its files, and the command-line entry point at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+import metrics
+import utils
+from utils import UserError
+
+log = logging.getLogger("au")
+
+METRIC_LABELS = {"f1": "F1", "auc": "ROC AUC", "precision": "precision", "recall": "recall"}
+# args.json keys that say where a run's files were or how it was started, not how it was trained:
+# they never name a row. Any other key (including ones added later) names a row when it differs.
+NOT_SETTINGS = frozenset({"model", "data_dir", "label_dir", "landmark_dir", "command", "resume", "output_dir",
+                          "cache_dir", "fold", "workers", "device", "quiet", "evaluate"})
+DEFAULT_OUT = "comparison"
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="compare.py",
+        description="Compare finished runs of main.py: one row per run, named by its model and the flags that "
+                    "differ between the runs, one column per AU, then the macro average (Avg). Runs whose "
+                    "protocols differ are shown too, with a warning.",
+        formatter_class=utils.HelpFormatter,
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders that main.py wrote (with results.json)")
+    p.add_argument("--metric", choices=metrics.METRIC_KEYS, default="f1", metavar="NAME",
+                   help=f"the metric in the table: {', '.join(metrics.METRIC_KEYS)}")
+    p.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
+                   help=f"folder to write compare.md, compare.csv and compare.png into, created if needed "
+                        f"(default: {DEFAULT_OUT}, in the current directory)")
+    p.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    return p
+
+
+# ----------------------------------------------------------------------------- reading a run
+
+
+@dataclass
+class Run:
+    """One finished run: the folder as the user typed it, its settings (args.json) and its results.json."""
+
+    label: str
+    path: Path
+    args: dict
+    results: dict
+
+    @property
+    def aus(self) -> list[int]:
+        return self.results["aus"]
+
+    def get(self, key: str) -> Any:
+        """A protocol field from results.json, else from args.json (older files may lack it)."""
+        return self.results.get(key, self.args.get(key))
+
+
+def read_json_object(path: Path, fix: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{path} cannot be read as JSON ({e}): {fix}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a JSON object: {fix}")
+    return data
+
+
+def is_value(value: Any) -> bool:
+    """A metric value as results.json holds it: a finite number, or null where the metric does not exist."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+
+
+def check_results(results: dict, path: Path, fix: str) -> None:
+    """Refuse a results.json that lacks what the table needs, naming the first thing missing."""
+    def bad(what: str) -> UserError:
+        return UserError(f"{path} is malformed ({what}): {fix}")
+
+    if not isinstance(results.get("model"), str):
+        raise bad("no model name")
+    aus = results.get("aus")
+    if not isinstance(aus, list) or not aus or not all(isinstance(a, int) and not isinstance(a, bool) for a in aus):
+        raise bad("aus is not a list of AU numbers")
+    per_au, macro = results.get("per_au"), results.get("macro")
+    if not isinstance(per_au, dict) or not isinstance(macro, dict):
+        raise bad("no per_au or macro metrics")
+    for name, scores in [*((utils.au_name(a), per_au.get(utils.au_name(a))) for a in aus), ("macro", macro)]:
+        if not isinstance(scores, dict) or not all(k in scores and is_value(scores[k]) for k in metrics.METRIC_KEYS):
+            raise bad(f"{name} lacks a number or null for one of {', '.join(metrics.METRIC_KEYS)}")
+
+
+def fold_progress(path: Path, settings: dict) -> str:
+    """How far an unfinished run got: "3 of 10 folds" (foldK/predictions.csv written)."""
+    kfold = settings.get("kfold")
+    if isinstance(kfold, int) and not isinstance(kfold, bool) and kfold > 0:
+        done = sum((path / f"fold{k}" / "predictions.csv").is_file() for k in range(kfold))
+        return f"{done} of {kfold} folds"
+    return f"{len(list(path.glob('fold*/predictions.csv')))} folds"
+
+
+def read_run(label: str) -> Run:
+    """Read one run folder (a results.json or args.json names its folder too); a UserError says what is wrong."""
+    path = Path(label)
+    if path.is_file() and path.name in ("results.json", "args.json"):
+        path = path.parent
+        label = str(path)
+    if not path.exists():
+        raise UserError(f"{label} does not exist: give a run folder main.py created")
+    if not path.is_dir():
+        raise UserError(f"{label} is not a folder: give a run folder main.py created")
+    has_args, has_results = (path / "args.json").is_file(), (path / "results.json").is_file()
+    if not has_args and not has_results:
+        raise UserError(f"{label} is not a run folder (no results.json or args.json): give a folder main.py created")
+    if not has_results:
+        settings = read_json_object(path / "args.json", "restore it from the run")
+        raise UserError(f"{label} is unfinished: {fold_progress(path, settings)} have predictions "
+                        f"(foldK/predictions.csv) and there is no results.json yet: finish it with "
+                        f"python main.py --resume {shlex.quote(label)}")
+    if not has_args:
+        raise UserError(f"{label} has results.json but no args.json, so its settings are unknown: "
+                        f"give the run folder main.py created")
+    fix = f"delete it and resume the run (python main.py --resume {shlex.quote(label)}) to write it again"
+    results = read_json_object(path / "results.json", fix)
+    check_results(results, path / "results.json", fix)
+    settings = read_json_object(path / "args.json", "restore it from the run")
+    return Run(label=label, path=path, args=settings, results=results)
+
+
+def read_runs(labels: list[str]) -> list[Run]:
+    """The usable runs among `labels`. Each one that is not is a warning line, or, when none is usable,
+    the one-line error."""
+    runs, problems, seen = [], [], set()
+    for label in labels:
+        try:
+            run = read_run(label)
+        except UserError as e:
+            problems.append(str(e))
+            continue
+        if run.path.resolve() in seen:
+            log.warning("%s is given twice: shown once", label)
+            continue
+        seen.add(run.path.resolve())
+        runs.append(run)
+    if not runs:
+        if len(problems) == 1:
+            raise UserError(problems[0])
+        raise UserError(f"none of the {len(problems)} folders is a finished run: " + "; ".join(problems))
+    for problem in problems:
+        log.warning("skipped: %s", problem)
+    return runs
+
+
+# ----------------------------------------------------------------------------- naming the rows
+
+
+def setting_keys(runs: list[Run]) -> list[str]:
+    """The args.json settings whose values differ between the runs: those every row names first (so
+    the rows line up), then the others, each in args.json order."""
+    keys: dict[str, None] = {}
+    for run in runs:
+        keys.update(dict.fromkeys(k for k in run.args if k not in NOT_SETTINGS and not k.endswith("_dir")))
+    differ = [k for k in keys if len({json.dumps(run.args.get(k), sort_keys=True) for run in runs}) > 1]
+    return sorted(differ, key=lambda k: not all(flag(k, run.args.get(k)) for run in runs))
+
+
+def flag(key: str, value: Any) -> str | None:
+    """A setting as it is typed on main.py's command line; None for a flag that was not given."""
+    name = "--" + key.replace("_", "-")
+    if value is None or value is False:
+        return None
+    if value is True:
+        return name
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    return f"{name} {shlex.quote(str(value))}"
+
+
+def row_names(runs: list[Run]) -> list[str]:
+    """`model (--flag value, ...)` with the flags that differ between the runs; runs that still read
+    alike (same settings, other data) are told apart by their folder."""
+    keys = setting_keys(runs)
+    names = []
+    for run in runs:
+        flags = [f for f in (flag(k, run.args.get(k)) for k in keys) if f]
+        names.append(run.results["model"] + (f" ({', '.join(flags)})" if flags else ""))
+    return [f"{name} [{run.label}]" if names.count(name) > 1 else name for name, run in zip(names, runs)]
+
+
+# ----------------------------------------------------------------------------- protocol checks
+
+
+def describe_folds(run: Run) -> str:
+    kfold, split = run.get("kfold"), run.get("split")
+    where = {"subject": "subject-independent folds", "sequence": "folds over sequences"}.get(split, f"{split} folds")
+    return f"{kfold}-fold {where}"
+
+
+def difference(runs: list[Run], describe: Callable[[Run], str], verb: tuple[str, str], why: str) -> str | None:
+    """One warning line when the runs disagree on what `describe` says, else None:
+    "a, c use X, b Y: why" (runs grouped by value, in the order given)."""
+    groups: dict[str, list[str]] = {}
+    for run in runs:
+        groups.setdefault(describe(run), []).append(run.label)
+    if len(groups) < 2:
+        return None
+    parts = []
+    for i, (value, labels) in enumerate(groups.items()):
+        said = "" if i else (verb[1] if len(labels) > 1 else verb[0]) + " "  # later groups share the verb
+        parts.append(f"{', '.join(labels)} {said}{value}")
+    return ", ".join(parts) + f": {why}"
+
+
+def protocol_warnings(runs: list[Run]) -> list[str]:
+    """A line for each way the runs' numbers are not comparable: folds, protocol, AUs, threshold, data."""
+    folds = difference(runs, describe_folds, ("uses", "use"), "their numbers are not comparable")
+    # the protocol text follows from the folds today; a text that differs on its own is another difference
+    protocol = None if folds else difference(runs, lambda r: json.dumps(r.get("protocol")), ("uses the protocol",
+                                             "use the protocol"), "their numbers are not comparable")
+    checks = [
+        folds, protocol,
+        difference(runs, lambda r: "AUs " + ",".join(str(a) for a in sorted(r.aus)), ("scores", "score"),
+                   "an AU a run lacks is n/a, and the Avg column averages different AUs"),
+        difference(runs, lambda r: f"{r.get('threshold')}", ("uses the threshold", "use the threshold"),
+                   "their F1, precision and recall are not comparable (AUC is)"),
+        difference(runs, lambda r: f"{r.get('sequences') or r.get('n')} sequences", ("scores", "score"),
+                   "they were not evaluated on the same data, so their numbers are not comparable"),
+    ]
+    return [line for line in checks if line]
+
+
+# ----------------------------------------------------------------------------- the table and its files
+
+
+@dataclass
+class Comparison:
+    """The table: a row per run (its name and values), a column per AU, then Avg (the macro average)."""
+
+    metric: str
+    names: list[str]
+    folders: list[str]
+    columns: list[str]  # AU names, then "Avg"
+    values: list[list[float | None]]
+    warnings: list[str]
+
+
+def au_columns(runs: list[Run]) -> list[int]:
+    """Every AU any run scores, in AU order."""
+    return sorted({a for run in runs for a in run.aus})
+
+
+def compare(runs: list[Run], metric: str) -> Comparison:
+    aus = au_columns(runs)
+    values = []
+    for run in runs:
+        per_au = run.results["per_au"]
+        row = [per_au[utils.au_name(a)][metric] if a in run.aus else None for a in aus]
+        values.append([*row, run.results["macro"][metric]])
+    return Comparison(metric=metric, names=row_names(runs), folders=[run.label for run in runs],
+                      columns=[*(utils.au_name(a) for a in aus), "Avg"], values=values,
+                      warnings=protocol_warnings(runs))
+
+
+def caption(comparison: Comparison, runs: list[Run]) -> str:
+    """The line above the table: the metric, and the threshold where the metric depends on one."""
+    thresholds = sorted({f"{run.get('threshold')}" for run in runs})
+    on = f"an AU is on when p > {thresholds[0]}" if len(thresholds) == 1 else "thresholds differ"
+    extra = "" if comparison.metric == "auc" else f" ({on})"
+    return (f"Per-AU {METRIC_LABELS[comparison.metric]} on the pooled out-of-fold predictions{extra}; "
+            f"Avg is the macro average.")
+
+
+def best_cells(comparison: Comparison) -> list[list[bool]]:
+    """Which cells hold their column's best value, as shown (2 decimals, so shown ties are all bold);
+    a column with fewer than two values has no best."""
+    shown = [[None if v is None else round(v, 2) for v in row] for row in comparison.values]
+    marks = [[False] * len(comparison.columns) for _ in shown]
+    for c in range(len(comparison.columns)):
+        column = [row[c] for row in shown if row[c] is not None]
+        if len(column) > 1:
+            for r, row in enumerate(shown):
+                marks[r][c] = row[c] is not None and row[c] == max(column)
+    return marks
+
+
+def format_table(comparison: Comparison, bold: bool) -> str:
+    marks = best_cells(comparison)
+    rows = [["Run", *comparison.columns]]
+    for name, values, row_marks in zip(comparison.names, comparison.values, marks):
+        cells = [metrics.format_value(v, 2) for v in values]
+        if bold:
+            cells = [f"**{cell}**" if mark else cell for cell, mark in zip(cells, row_marks)]
+        rows.append([name.replace("|", "\\|"), *cells])
+    return metrics.markdown_table(rows)
+
+
+def write_csv(comparison: Comparison, path: Path) -> Path:
+    """A row per run, full precision; a value that does not exist is an empty field."""
+    rows = [[name, folder, comparison.metric, *("" if v is None else v for v in values)]
+            for name, folder, values in zip(comparison.names, comparison.folders, comparison.values)]
+    return utils.write_csv(path, ["run", "folder", "metric", *comparison.columns], rows)
+
+
+def plot_comparison(comparison: Comparison, path: Path) -> Path:
+    """The metric per AU and Avg as grouped bars, one bar per run; a missing value is marked n/a.
+    Run names can be long, so the legend sits below the bars, one run a line."""
+    n_runs, n_cols = len(comparison.names), len(comparison.columns)
+    fig = metrics.new_figure(min(max(7.0, n_cols * (0.25 * n_runs + 0.45) + 1.5), 30.0), 4.0 + 0.22 * n_runs)
+    fig.set_layout_engine("constrained")  # makes room for the legend outside the axes
+    ax = fig.add_subplot()
+    x = np.arange(n_cols)
+    width = 0.8 / n_runs
+    for i, (name, values) in enumerate(zip(comparison.names, comparison.values)):
+        at = x - 0.4 + width * (i + 0.5)
+        ax.bar(at, [0.0 if v is None else v for v in values], width, label=name)
+        for position in at[[v is None for v in values]]:
+            ax.text(position, 0.02, "n/a", rotation=90, ha="center", va="bottom", fontsize=7)
+    ax.axvline(n_cols - 1.5, color="gray", linestyle=":", linewidth=1)  # Avg is not one more AU
+    fig.legend(loc="outside lower center", fontsize=8, ncol=1, frameon=False)
+    ax.set_xticks(x, comparison.columns)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(METRIC_LABELS[comparison.metric])
+    ax.set_title(f"per-AU {METRIC_LABELS[comparison.metric]}, pooled out-of-fold predictions")
+    return metrics.save_png(fig, path)
+
+
+def make_out_dir(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --out {out} ({e.strerror}): choose another folder") from None
+    return out
+
+
+def write_files(comparison: Comparison, text: str, out: Path) -> list[Path]:
+    return [utils.atomic_write_bytes(out / "compare.md", text.encode("utf-8")),
+            write_csv(comparison, out / "compare.csv"),
+            plot_comparison(comparison, out / "compare.png")]
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def main(args: argparse.Namespace) -> Comparison:
+    """Read the runs, warn where their protocols differ, print the table and write its files."""
+    utils.setup_logging(args.quiet)
+    runs = read_runs(args.runs)
+    comparison = compare(runs, args.metric)
+    out = make_out_dir(Path(args.out))  # before anything is printed, so a bad --out is the only line
+    for line in comparison.warnings:
+        log.warning(line)
+    title = caption(comparison, runs)
+    print(f"{title}\n\n{format_table(comparison, bold=False)}")
+    paths = write_files(comparison, f"{title}\n\n{format_table(comparison, bold=True)}\n", out)
+    log.info("written: %s", ", ".join(str(p) for p in paths))
+    return comparison
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return utils.run_cli(get_args_parser(), main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
