@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import ckplus
+
 
 def fields(*values: float) -> str:
     """One CK+ record: each value as three spaces then %.7e."""
@@ -23,9 +25,7 @@ class Tree:
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        self.images = self.root / "cohn-kanade-images"
-        self.facs = self.root / "FACS_labels" / "FACS"
-        self.landmarks = self.root / "Landmarks" / "Landmarks"
+        self.images, self.facs, self.landmarks = ckplus.training_dirs(self.root)
         for d in (self.images, self.facs, self.landmarks):
             d.mkdir(parents=True, exist_ok=True)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import ckplus
 import synthetic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,19 +40,19 @@ class CK:
 
     @property
     def images(self) -> Path:
-        return self.root / "cohn-kanade-images"
+        return ckplus.training_dirs(self.root)[0]
 
     @property
     def facs(self) -> Path:
-        return self.root / "FACS_labels" / "FACS"
+        return ckplus.training_dirs(self.root)[1]
 
     @property
     def landmarks(self) -> Path:
-        return self.root / "Landmarks" / "Landmarks"
+        return ckplus.training_dirs(self.root)[2]
 
     @property
     def dirs(self) -> list[str]:
-        return [str(self.images), str(self.facs), str(self.landmarks)]
+        return [str(d) for d in ckplus.training_dirs(self.root)]
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +66,17 @@ def ck(tmp_path_factory) -> CK:
 # parameters, so checkpoints and optimizer steps are cheap; one test runs alexnet itself).
 FAST = ["--model", "squeezenet1_1", "--no-pretrained", "--epochs", "2", "--kfold", "3", "-b", "8",
         "--image-size", "64", "-j", "0", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def fast_run(ck, tmp_path_factory) -> Path:
+    """One complete FAST run (3 folds, 2 epochs), trained once per session and shared by every
+    test that only reads a finished run folder."""
+    import main
+
+    run_dir = tmp_path_factory.mktemp("runs") / "fast"
+    assert main.cli([*ck.dirs, *FAST, "--output-dir", str(run_dir)]) == 0
+    return run_dir
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):

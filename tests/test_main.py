@@ -26,12 +26,10 @@ def read_run(run_dir):
     return results, dict(zip(ids, map(tuple, probs)))
 
 
-@pytest.fixture(scope="module")
-def run(ck, tmp_path_factory):
-    """One complete 3-fold, 2-epoch run, shared by the tests that only read it."""
-    run_dir = tmp_path_factory.mktemp("runs") / "full"
-    assert main.cli([*ck.dirs, *FAST, "--output-dir", str(run_dir)]) == 0
-    return run_dir
+@pytest.fixture(scope="session")
+def run(fast_run):
+    """One complete 3-fold, 2-epoch run (trained once per session), for the tests that only read it."""
+    return fast_run
 
 
 def test_run_folder_holds_everything_a_user_opens(run, ck):

@@ -67,11 +67,10 @@ def expect_user_error(capsys, *args) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def run(ck, tmp_path_factory) -> SimpleNamespace:
-    """A tiny 3-fold run (no final model): its folder, AUs and threshold."""
-    run_dir = tmp_path_factory.mktemp("predict") / "run"
-    assert main.cli([*ck.dirs, *FAST, "--output-dir", str(run_dir)]) == 0
+@pytest.fixture(scope="session")
+def run(fast_run) -> SimpleNamespace:
+    """The session's tiny 3-fold run (no final model): its folder, AUs and threshold."""
+    run_dir = fast_run
     saved = json.loads((run_dir / "args.json").read_text())
     aus = metrics.read_predictions(run_dir / "predictions.csv")[3]
     return SimpleNamespace(dir=run_dir, aus=aus, threshold=saved["threshold"], kfold=saved["kfold"])

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,11 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
+import ckplus
 import main
-import synthetic
-import utils
 import metrics
 import runs
+import synthetic
+import utils
 from conftest import FAST, REPO, run_cli
 
 # One epoch, two folds: the smallest complete run (tiny trees have three subjects).
@@ -29,10 +31,28 @@ QUICK = ["--model", "squeezenet1_1", "--no-pretrained", "--epochs", "1", "--kfol
          "--image-size", "64", "-j", "0", "--quiet"]
 
 
+_TEMPLATES: dict[str, tuple[Path, synthetic.SyntheticSummary]] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def template_root(tmp_path_factory):
+    """Where small_tree keeps the trees it generated, so each kind is generated once and copied."""
+    _TEMPLATES.clear()
+    _TEMPLATES["root"] = (tmp_path_factory.mktemp("templates"), None)
+    yield
+    _TEMPLATES.clear()
+
+
 def small_tree(root: Path, **kw) -> tuple[list[str], synthetic.SyntheticSummary]:
-    summary = synthetic.generate(root, subjects=kw.pop("subjects", 3), seed=kw.pop("seed", 1), junk=False, **kw)
-    return [str(root / "cohn-kanade-images"), str(root / "FACS_labels" / "FACS"),
-            str(root / "Landmarks" / "Landmarks")], summary
+    """A fresh copy of a tiny synthetic CK+ (3 subjects, no junk) at `root`, for a test to damage."""
+    settings = {"subjects": 3, "seed": 1, "junk": False, **kw}
+    key = json.dumps(settings, sort_keys=True)
+    if key not in _TEMPLATES:
+        template = _TEMPLATES["root"][0] / f"tree{len(_TEMPLATES)}"
+        _TEMPLATES[key] = template, synthetic.generate(template, **settings)
+    template, summary = _TEMPLATES[key]
+    shutil.copytree(template, root)
+    return [str(d) for d in ckplus.training_dirs(root)], summary
 
 
 def first(root: Path, pattern: str) -> Path:
@@ -41,9 +61,10 @@ def first(root: Path, pattern: str) -> Path:
 
 def peak_of(root: Path) -> tuple[Path, Path, Path]:
     """The first sequence's FACS file, peak frame and peak landmark file."""
-    facs = first(root / "FACS_labels", "*_facs.txt")
+    folders = ckplus.folders(root)
+    facs = first(folders["facs"], "*_facs.txt")
     stem = facs.name[: -len("_facs.txt")]
-    return facs, first(root / "cohn-kanade-images", f"{stem}.png"), first(root / "Landmarks", f"{stem}_landmarks.txt")
+    return facs, first(folders["frame"], f"{stem}.png"), first(folders["landmarks"], f"{stem}_landmarks.txt")
 
 
 def fails(capsys, argv: list, *needles: str) -> str:
