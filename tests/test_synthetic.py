@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import ckplus
 import synthetic
+from utils import UserError
 
 RECORD_LINE = re.compile(r"^(   -?\d\.\d{7}e[+-]\d{2})+$")
 FRAME = re.compile(r"^(S\d{3})_(\d{3})_(\d{8})\.png$")
@@ -41,8 +43,9 @@ def read_records(path: Path) -> list[list[float]]:
 def sequences_on_disk(root: Path) -> dict[tuple[str, str], dict]:
     """What the tree holds per (subject, sequence), found by walking it (junk left out)."""
     seqs: dict[tuple[str, str], dict] = defaultdict(lambda: {"frames": [], "landmarks": [], "facs": [], "emotion": []})
-    for sub, key, pattern in ((synthetic.IMAGES_DIR, "frames", FRAME), (synthetic.LANDMARKS_DIR, "landmarks", LANDMARKS),
-                              (synthetic.FACS_DIR, "facs", FACS), (synthetic.EMOTION_DIR, "emotion", EMOTION)):
+    for kind, key, pattern in (("frame", "frames", FRAME), ("landmarks", "landmarks", LANDMARKS),
+                               ("facs", "facs", FACS), ("emotion", "emotion", EMOTION)):
+        sub = ckplus.SUBDIRS[kind]
         for p in (root / sub).rglob("*"):
             if p.is_dir() or is_junk(p):
                 continue
@@ -57,7 +60,7 @@ def sequences_on_disk(root: Path) -> dict[tuple[str, str], dict]:
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> tuple[Path, synthetic.SyntheticSummary]:
     root = tmp_path_factory.mktemp("ckplus")
-    return root, synthetic.generate(root, subjects=3, seed=0)
+    return root, synthetic.generate(root, subjects=3, seed=0, workers=2)
 
 
 def test_files_follow_ckplus_names_and_number_formats(tree):
@@ -102,7 +105,7 @@ def test_frames_are_8bit_grey_640x490_with_the_allowed_exceptions(tree, tmp_path
     assert modes["RGB", (640, 490)] + modes["RGB", (640, 480)] == s.rgb_sequences > 0
     assert modes["L", (640, 480)] + modes["RGB", (640, 480)] == s.small_sequences > 0
     synthetic.generate(tmp_path / "plain", subjects=2, seed=3, rgb_fraction=0, small_fraction=0, junk=False)
-    for p in (tmp_path / "plain" / synthetic.IMAGES_DIR).rglob("*.png"):
+    for p in ckplus.folders(tmp_path / "plain")["frame"].rglob("*.png"):
         with Image.open(p) as im:
             assert (im.mode, im.size) == ("L", (640, 490))
 
@@ -123,8 +126,8 @@ def test_summary_matches_what_is_on_disk(tree):
 
 def test_junk_is_written_like_a_real_copy_and_only_when_asked(tree, tmp_path):
     root, summary = tree
-    for sub in (synthetic.IMAGES_DIR, synthetic.FACS_DIR, synthetic.LANDMARKS_DIR):
-        assert root / sub / ".DS_Store" in summary.junk_files
+    for kind in ("frame", "facs", "landmarks"):
+        assert ckplus.folders(root)[kind] / ".DS_Store" in summary.junk_files
     names = {p.name for p in summary.junk_files}
     assert "notes.txt" in names
     assert any(n.startswith("._S005_001_") and n.endswith(".png") for n in names)
@@ -133,7 +136,7 @@ def test_junk_is_written_like_a_real_copy_and_only_when_asked(tree, tmp_path):
     assert empty, "expected an empty sequence folder"
     for folder in empty:
         assert not any(folder.iterdir())
-        assert not (root / synthetic.FACS_DIR / folder.parent.name / folder.name).exists()
+        assert not (ckplus.folders(root)["facs"] / folder.parent.name / folder.name).exists()
     seqs = sequences_on_disk(root)  # junk is not a sequence
     assert all((p.parent.name, p.name) not in seqs for p in empty)
 
@@ -149,7 +152,7 @@ def test_junk_is_written_like_a_real_copy_and_only_when_asked(tree, tmp_path):
 
 def test_same_seed_same_bytes_other_seed_other_faces(tree, tmp_path):
     root, _ = tree
-    synthetic.generate(tmp_path / "again", subjects=3, seed=0)
+    synthetic.generate(tmp_path / "again", subjects=3, seed=0, workers=1)  # the tree was drawn by 2 processes
     assert tree_files(tmp_path / "again") == tree_files(root)
     synthetic.generate(tmp_path / "other", subjects=3, seed=1)
     other = tree_files(tmp_path / "other")
@@ -168,7 +171,7 @@ def test_fewer_subjects_give_a_prefix_of_the_tree(tree, tmp_path):
 
 def test_existing_tree_is_refused_unless_overwrite(tmp_path):
     synthetic.generate(tmp_path, subjects=1, seed=0, junk=False)
-    with pytest.raises(ValueError, match="already holds a CK\\+ tree"):
+    with pytest.raises(UserError, match="already holds a CK\\+ tree"):
         synthetic.generate(tmp_path, subjects=1, seed=1)
     (tmp_path / "keep.txt").write_text("mine")
     s = synthetic.generate(tmp_path, subjects=1, seed=1, junk=False, overwrite=True)
@@ -176,10 +179,18 @@ def test_existing_tree_is_refused_unless_overwrite(tmp_path):
     assert len(sequences_on_disk(tmp_path)) == s.sequences
 
 
+def test_junk_goes_into_the_first_sequence_whatever_its_number(tmp_path):
+    # with seed 13 the first subject's numbering skips at once: its first sequence is 002
+    s = synthetic.generate(tmp_path, subjects=1, seed=13)
+    names = {p.relative_to(tmp_path).as_posix() for p in s.junk_files}
+    assert f"{ckplus.SUBDIRS['frame']}/S005/002/notes.txt" in names
+    assert f"{ckplus.SUBDIRS['landmarks']}/S005/002/._S005_002_00000001_landmarks.txt" in names
+
+
 def test_bad_arguments_are_refused(tmp_path):
     for kwargs in ({"subjects": 0}, {"subjects": synthetic.MAX_SUBJECTS + 1}, {"min_frames": 1},
                    {"min_frames": 5, "max_frames": 4}, {"rgb_fraction": 1.5}, {"small_fraction": -0.1}):
-        with pytest.raises(ValueError):
+        with pytest.raises(UserError):
             synthetic.generate(tmp_path / "x", **kwargs)
     assert not (tmp_path / "x").exists()
 
@@ -265,6 +276,9 @@ def test_au_geometry_and_pixels():
     # a stronger intensity moves further
     lift = lambda s: -s[[48, 54], 1].mean()  # noqa: E731
     assert lift(synthetic.apply_aus(shape, {12: 5})) > lift(synthetic.apply_aus(shape, {12: 2})) > lift(shape)
+    # contempt: a unilateral AU12 lifts the corner on its own side only
+    d12 = synthetic.apply_aus(shape, {12: 3}, side=-1) - shape
+    assert d12[48, 1] < 0 and d12[54, 1] == 0
 
     # pixels: parting the lips darkens the mouth; without rng the drawing is deterministic
     ap = synthetic.Appearance.random(rng)
