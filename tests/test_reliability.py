@@ -581,6 +581,11 @@ def test_evaluate_refuses_a_run_with_a_fold_missing_and_one_fold_says_so(trained
     assert main.cli(["-e", "--resume", str(run), "--fold", "0", "--output-dir", str(tmp_path / "ev"), "--quiet"]) == 0
     assert json.loads((tmp_path / "ev" / "results.json").read_text())["folds"] == [0]
     fails(capsys, ["-e", "--resume", run, "--fold", "0", "--output-dir", run], "is a run folder")
+    # a fold short of the run's epochs (an interrupted --epochs extension) is evaluated with a warning
+    saved = json.loads((run / "args.json").read_text())
+    (run / "args.json").write_text(json.dumps({**saved, "epochs": 2}))
+    assert main.cli(["-e", "--resume", str(run), "--fold", "0", "--quiet"]) == 0
+    assert "fold0 has trained 1 of the run's 2 epochs" in capsys.readouterr().err
 
 
 def test_resume_refuses_every_run_setting_typed_differently_in_one_line(trained, tmp_path, capsys):

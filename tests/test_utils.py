@@ -122,3 +122,28 @@ def test_format_bytes_and_folder_size(tmp_path):
     (tmp_path / "a" / "x").write_bytes(b"1" * 1000)
     (tmp_path / "y").write_bytes(b"1" * 24)
     assert utils.folder_size(tmp_path) == 1024
+
+
+def test_a_log_file_on_a_full_disk_warns_once_instead_of_a_traceback_per_line(tmp_path, capsys):
+    import errno
+
+    utils.setup_logging(quiet=True)
+    handler = utils.add_log_file(tmp_path / "log.txt")
+
+    class Full:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+    try:
+        handler.stream = Full()
+        for i in range(3):
+            logging.getLogger("au").info("epoch %d", i)
+        err = capsys.readouterr().err
+        assert err.count("warning: no space left to write") == 1 and str(tmp_path / "log.txt") in err
+        assert "Traceback" not in err and "Logging error" not in err
+    finally:
+        handler.stream = open(tmp_path / "log.txt", "a")
+        utils.setup_logging()
