@@ -35,6 +35,9 @@ NUM_LANDMARKS = 68
 MAX_AU = 99  # FACS codes stop below 100; anything else in a label file is garbage
 MAX_INTENSITY = 5
 CACHE_VERSION = 1
+# The crop cache keeps at most this many MiB of crops-*.npz files; least recently used go first.
+CACHE_LIMIT_ENV = "AU_CACHE_LIMIT_MB"
+DEFAULT_CACHE_LIMIT_MB = 2048
 
 class DataError(UserError):
     """A bad file in a CK+ copy; `reason` is a short category for the --skip-bad summary."""
@@ -435,6 +438,8 @@ def load_crops(
                 log.warning("skipping %s: %s", seq_id, msg)
             by_id = {r.id: r for r in records}
             log.debug("crop cache hit: %s", cache_path)
+            _touch(cache_path)
+            evict_crops(cache_path.parent, keep=cache_path)
             return [by_id[i] for i in ids], images
 
     jobs = [(r.image_path, r.landmarks, size, crop, margin) for r in records]
@@ -459,23 +464,87 @@ def load_crops(
     if not kept:
         raise UserError("no usable frames: every peak frame failed to decode (see the warnings above)")
     array = np.stack(images)
-    if cache_path is not None:
-        _save_cache(cache_path, kept, array, skipped)
+    if cache_path is not None and _save_cache(cache_path, kept, array, skipped):
+        evict_crops(cache_path.parent, keep=cache_path)
     return kept, array
 
 
-def _save_cache(path: Path, records: Seq[Sequence], images: np.ndarray, skipped: list[tuple[str, str]]) -> None:
+def _save_cache(path: Path, records: Seq[Sequence], images: np.ndarray, skipped: list[tuple[str, str]]) -> bool:
     def write(f) -> None:
         np.savez(f, ids=np.array([r.id for r in records]), images=images,
                  skipped_ids=np.array([s[0] for s in skipped], dtype=str),
                  skipped_msgs=np.array([s[1] for s in skipped], dtype=str))
 
+    # A cache is an optimisation: failing to write one must not stop a run.
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        utils.write_atomically(path, write)
+        utils.write_atomically(path, write, size=images.nbytes)
+    except utils.DiskFull as e:
+        log.warning("%s; continuing without the crop cache (the next run decodes the frames again)", e.what)
+        return False
     except OSError as e:
-        # A cache is an optimisation: failing to write one must not stop a run.
         log.warning("could not write the crop cache %s (%s); continuing without it", path, e.strerror or e)
+        return False
+    return True
+
+
+def _touch(path: Path) -> None:
+    """Mark a cache file as just used (its mtime is the cache's clock: atime is often not kept)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # a read-only cache still works; it just cannot keep its order
+
+
+def cache_limit() -> int:
+    """The crop cache's size bound in bytes: $AU_CACHE_LIMIT_MB MiB, 2048 unless set."""
+    text = os.environ.get(CACHE_LIMIT_ENV, "").strip()
+    if not text:
+        return DEFAULT_CACHE_LIMIT_MB * 2**20
+    try:
+        limit = float(text)
+    except ValueError:
+        limit = -1.0
+    if not math.isfinite(limit) or limit < 0:
+        raise UserError(f"${CACHE_LIMIT_ENV}={text!r} is not a size in MiB: set it to a number like 2048 "
+                        f"(0 keeps only the crops in use)")
+    return int(limit * 2**20)
+
+
+def evict_crops(cache_dir: Path, keep: Path) -> list[Path]:
+    """Delete the least recently used crop files until those left fit in `cache_limit()`.
+
+    Only `crops-*.npz` files are candidates: the demo's synthetic CK+ and anything else in the
+    folder are never touched, and neither is `keep`, the file this run uses. Another process's
+    file vanishing under it only costs that process a rebuild (it then misses the cache)."""
+    limit = cache_limit()
+    files = []
+    for path in cache_dir.glob("crops-*.npz"):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        files.append((st.st_mtime_ns, st.st_size, path))
+    total = sum(size for _, size, _ in files)
+    removed = []
+    for _, size, path in sorted(files):  # oldest use first
+        if total <= limit:
+            break
+        if path == keep:
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("could not remove the old crop cache %s (%s)", path, e.strerror or e)
+            continue
+        total -= size
+        removed.append(path)
+    if removed:
+        log.info("crop cache %s: removed %d least recently used file(s) to stay under %s ($%s)", cache_dir,
+                 len(removed), utils.format_bytes(limit), CACHE_LIMIT_ENV)
+    return removed
 
 
 class CKPlusDataset:

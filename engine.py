@@ -281,9 +281,14 @@ def train_fold(fold: int, train_idx: np.ndarray, test_idx: np.ndarray, data: dat
         scheduler.load_state_dict(ckpt["lr_scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         start, history = ckpt["epoch"] + 1, ckpt["history"]
+        if start >= args.epochs and ckpt["optimizer"]["state"]:
+            # finished at a shorter --epochs than it was started with: slim it like any finished fold
+            runs.save_checkpoint({**ckpt, "optimizer": runs.slim_optimizer_state(ckpt["optimizer"])}, ckpt_path)
         del ckpt  # its copy of the weights (hundreds of MB for vgg) need not live through the fold
         if start < args.epochs:
-            log.info("fold %d: resuming at epoch %d from %s", fold, start, ckpt_path)
+            restart = " (an --epochs extension of a finished fold: momentum restarts from zero)" \
+                if args.momentum and not optimizer.state_dict()["state"] else ""
+            log.info("fold %d: resuming at epoch %d from %s%s", fold, start, ckpt_path, restart)
     else:
         with warnings.catch_warnings():  # stepping the schedule before any optimizer step is the point here
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
@@ -307,7 +312,8 @@ def train_fold(fold: int, train_idx: np.ndarray, test_idx: np.ndarray, data: dat
         seconds = time.perf_counter() - t0
         history.append({"epoch": epoch, "loss": loss, "lr": lr, "seconds": round(seconds, 3)})
         runs.save_checkpoint(runs.fold_checkpoint(model, optimizer, scheduler, scaler, epoch=epoch, fold=fold,
-                                                  args=args, aus=aus, test_ids=test_ids, history=history), ckpt_path)
+                                                  args=args, aus=aus, test_ids=test_ids, history=history,
+                                                  finished=epoch == args.epochs - 1), ckpt_path)
         utils.write_csv(fold_dir / "metrics.csv", ["epoch", "loss", "lr", "seconds"],
                         [[h["epoch"] + 1, h["loss"], h["lr"], h["seconds"]] for h in history])
         clock.epoch_done(seconds)

@@ -64,8 +64,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.add_argument("--augment", action="store_true", help="random flips and small affine jitter on training batches")
     d.add_argument("--skip-bad", action="store_true", help="skip bad sequences with a warning instead of stopping")
     d.add_argument("--cache-dir", metavar="DIR", default=None,
-                   help="where face crops (and the demo's synthetic CK+) are cached (default: "
-                        "$XDG_CACHE_HOME/au-recognition, or ~/.cache/au-recognition)")
+                   help="where face crops (and the demo's synthetic CK+) are cached; crops beyond "
+                        f"${dataset.CACHE_LIMIT_ENV} MiB ({dataset.DEFAULT_CACHE_LIMIT_MB} unless set) go least "
+                        "recently used first (default: $XDG_CACHE_HOME/au-recognition, or ~/.cache/au-recognition)")
     d.add_argument("--no-cache", action="store_true", help="do not read or write the crop cache")
 
     m = p.add_argument_group("model")
@@ -181,11 +182,71 @@ def check_model_input(args: argparse.Namespace) -> None:
 
 
 def prepare_demo(args: argparse.Namespace) -> None:
-    """Point the run at a cached synthetic CK+ and small settings that finish in minutes on a CPU."""
+    """Point the run at a cached synthetic CK+ and small settings that finish in minutes on a CPU;
+    the settings are defaults: a flag the user typed wins, and the log says what the demo used."""
+    given = [role for role in ("data_dir", "label_dir", "landmark_dir") if role in typed(args)]
+    if given:
+        raise UserError("--demo trains on its own synthetic CK+: drop DATA_DIR LABEL_DIR LANDMARK_DIR, "
+                        "or drop --demo to train on your copy")
     root = dataset.ensure_demo_tree(args.cache_dir)
     args.data_dir, args.label_dir, args.landmark_dir = map(str, ckplus.training_dirs(root))
     for key, value in DEMO.items():
-        setattr(args, key, value)
+        if key not in typed(args):
+            setattr(args, key, value)
+    used = " ".join(describe_flag(key, getattr(args, key)) + (" (typed)" if key in typed(args) else "")
+                    for key in DEMO)
+    log.info("demo settings: %s", used)
+
+
+# ----------------------------------------------------------------------------- typed flags
+
+
+def typed_flags(argv: list[str]) -> set[str]:
+    """The dests of the flags (and paths) the user typed: a typed default (`--epochs 100`) counts,
+    which comparing values against the defaults could not tell."""
+    parser, untouched = get_args_parser(), object()
+    # argparse leaves a value already in the namespace alone unless the flag is typed; a path
+    # not given (nargs="?") is set to None
+    start = argparse.Namespace(**dict.fromkeys(vars(parser.parse_args([])), untouched))
+    parsed = vars(parser.parse_args(argv, namespace=start))
+    return {key for key, value in parsed.items() if value is not untouched and value is not None}
+
+
+def typed(args: argparse.Namespace) -> set[str]:
+    """What `cli` recorded as typed; for args built another way, the dests whose value is not the
+    parser's default."""
+    if getattr(args, "typed", None) is None:
+        defaults = vars(get_args_parser().parse_args([]))
+        args.typed = {key for key, value in vars(args).items() if key in defaults and value != defaults[key]}
+    return args.typed
+
+
+def flag_name(key: str) -> str:
+    """An argparse dest -> the flag a user types for it (`batch_size` -> `--batch-size`): every
+    long flag here is its dest in kebab case."""
+    return "--" + key.replace("_", "-")
+
+
+def describe_flag(key: str, value) -> str:
+    flag = flag_name(key)
+    if isinstance(value, bool):
+        return flag if value else f"no {flag}"
+    return f"{flag} {value}"
+
+
+def refuse_changed_settings(args: argparse.Namespace, saved: dict, source: Path, what: str,
+                            allowed: tuple[str, ...] = ()) -> None:
+    """A run keeps its settings for life: every typed flag that disagrees with its args.json is
+    refused, all of them in one line (every key of runs.RUN_SETTINGS, present and future)."""
+    changed = runs.changed_settings(args, saved, typed(args), allowed)
+    if changed:
+        def theirs(key: str) -> str:
+            value = runs.saved_setting(key, saved)
+            return describe_flag(key, value) if isinstance(value, bool) else "not set" if value is None else str(value)
+
+        listed = ", ".join(f"{describe_flag(k, getattr(args, k))} (run: {theirs(k)})" for k in changed)
+        raise UserError(f"{what} keeps the settings in {source}; these flags disagree with it: {listed}: "
+                        f"drop them, or start a new run with another --output-dir")
 
 
 # ----------------------------------------------------------------------------- modes
@@ -193,17 +254,30 @@ def prepare_demo(args: argparse.Namespace) -> None:
 
 def train(args: argparse.Namespace) -> dict | None:
     """Train every pending fold (and --final), then write the pooled results when all folds are in."""
-    device = engine.resolve_device(args.device)
-    if args.amp and device.type != "cuda":
-        log.warning("--amp needs CUDA; training in float32 on %s", device)
-    resume_dir = None
+    resume_dir = extended_from = None
     if args.resume:
         resume_dir, fold_from_ckpt = runs.locate_run(Path(args.resume))
-        runs.adopt_saved_settings(args, resume_dir / "args.json")
+        source = resume_dir / "args.json"
+        saved = runs.read_args_json(source)
+        refuse_changed_settings(args, saved, source, f"--resume {args.resume}", allowed=("epochs",))
+        if args.output_dir and Path(args.output_dir).resolve() != resume_dir.resolve():
+            raise UserError(f"--output-dir {args.output_dir}: --resume continues {resume_dir} in place; "
+                            f"drop --output-dir, or start a new run there without --resume")
+        if fold_from_ckpt is not None and args.fold is not None and args.fold != fold_from_ckpt:
+            raise UserError(f"--fold {args.fold}: --resume {args.resume} is fold {fold_from_ckpt}'s checkpoint; "
+                            f"drop --fold, or resume {resume_dir} --fold {args.fold}")
+        extend = "epochs" in typed(args) and args.epochs != saved.get("epochs")
+        extended_from = saved.get("epochs") if extend else None
+        runs.adopt_saved_settings(args, source, keep=("epochs",) if extend else ())
         if fold_from_ckpt is not None:
             args.fold = fold_from_ckpt
     fill_defaults(args)
     check_args(args)
+    if extended_from is not None:
+        runs.check_extension(resume_dir, args)
+    device = engine.resolve_device(args.device)
+    if args.amp and device.type != "cuda":
+        log.warning("--amp needs CUDA; training in float32 on %s", device)
     models.model_config(args.model)  # an unknown model fails here, before any data is read
     run_dir = resume_dir or runs.new_run_dir(args)
     if resume_dir is None:
@@ -214,6 +288,20 @@ def train(args: argparse.Namespace) -> dict | None:
     if resume_dir is None:  # only now that the data and the folds are known to work
         runs.open_run_dir(run_dir, args)
     utils.add_log_file(run_dir / "log.txt")
+    if extended_from is not None:
+        runs.extend_run(run_dir, args, extended_from)
+        log.info("run %s extended from %d to %d epochs (args.json updated): finished folds continue from their "
+                 "last epoch and the learning-rate schedule goes on%s", run_dir, extended_from, args.epochs,
+                 "; their momentum restarts from zero" if args.momentum else "")
+    try:
+        return train_folds(args, run_dir, data, aus, folds, device)
+    except utils.DiskFull as e:
+        raise e.with_fix(f"free some space, then continue with: {runs.resume_command(run_dir, args)}") from None
+
+
+def train_folds(args: argparse.Namespace, run_dir: Path, data: dataset.CKPlusDataset, aus: list[int],
+                folds: list[np.ndarray], device: torch.device) -> dict | None:
+    """The folds of an open run folder that are not finished (and --final), then the results."""
     to_run = [args.fold] if args.fold is not None else list(range(args.kfold))
     fold_dirs = [run_dir / f"fold{k}" for k in range(args.kfold)]
     pending = [k for k in to_run
@@ -260,15 +348,18 @@ def train(args: argparse.Namespace) -> dict | None:
     finally:
         torch.set_num_threads(threads)
 
-    done = [k for k in range(args.kfold) if k in trained or (fold_dirs[k] / "predictions.csv").is_file()]
+    # another job's fold counts once it reached this run's epochs (after an --epochs extension its
+    # predictions.csv may still be the shorter run's)
+    done = [k for k in range(args.kfold)
+            if k in trained or runs.fold_finished(fold_dirs[k], args, aus, k, [data.ids[i] for i in folds[k]])]
     if len(done) < args.kfold:
-        log.info("%d of %d folds done in %s; the run's results are written when the last fold finishes",
-                 len(done), args.kfold, run_dir)
+        log.info("%d of %d folds done in %s (%s on disk); the run's results are written when the last fold "
+                 "finishes", len(done), args.kfold, run_dir, utils.format_bytes(utils.folder_size(run_dir)))
         return None
     parts = [trained[k] if k in trained else runs.read_fold_predictions(fold_dirs[k], aus) for k in done]
     results = runs.write_results(run_dir, args, aus, parts)
     print(metrics.format_table(results, results["model"]))
-    print(f"\nrun folder: {run_dir}")
+    print(f"\nrun folder: {run_dir} ({utils.format_bytes(utils.folder_size(run_dir))} on disk)")
     return results
 
 
@@ -289,18 +380,38 @@ def evaluate_run(args: argparse.Namespace) -> dict:
     if not args.resume:
         raise UserError("-e/--evaluate needs --resume RUN_DIR or --resume CHECKPOINT")
     path = Path(args.resume)
-    run_dir, _ = runs.locate_run(path)
-    runs.adopt_saved_settings(args, run_dir / "args.json")
+    run_dir, fold_from_ckpt = runs.locate_run(path)
+    source = run_dir / "args.json"
+    refuse_changed_settings(args, runs.read_args_json(source), source, "-e --resume")
+    if args.fold is not None:  # -e --resume RUN --fold K: that fold's checkpoint
+        if path.is_file() and fold_from_ckpt != args.fold:
+            raise UserError(f"--fold {args.fold}: {path} is the checkpoint of "
+                            f"{'the final model' if fold_from_ckpt is None else f'fold {fold_from_ckpt}'}; drop --fold")
+        path = run_dir / f"fold{args.fold}" / runs.CHECKPOINT
+        if not path.is_file():
+            raise UserError(f"--fold {args.fold}: {path} does not exist: train that fold first "
+                            f"(--resume {run_dir} --fold {args.fold})")
+    runs.adopt_saved_settings(args, source)
     fill_defaults(args)
+    if path.is_dir():
+        missing = [k for k in range(args.kfold) if not (run_dir / f"fold{k}" / runs.CHECKPOINT).is_file()]
+        if len(missing) == args.kfold:
+            raise UserError(f"{run_dir} holds no fold checkpoints: train it first")
+        if missing:  # a pooled number over k-1 folds would pass for the run's result
+            names = ", ".join(f"fold{k}" for k in missing)
+            raise UserError(f"{run_dir} has no checkpoint for {names} of its {args.kfold} folds, so there is no "
+                            f"{args.kfold}-fold result to evaluate: train the missing folds with --resume {run_dir} "
+                            f"--fold {missing[0]}, or evaluate one fold with -e --resume "
+                            f"{run_dir / f'fold{min(set(range(args.kfold)) - set(missing))}' / runs.CHECKPOINT}")
+    out_dir = Path(args.output_dir) if args.output_dir else (
+        run_dir / "evaluate" if path.is_dir() else path.parent / "evaluate")
+    if (out_dir / "args.json").is_file():
+        raise UserError(f"--output-dir {out_dir} is a run folder: -e would overwrite its results; choose another")
     device = engine.resolve_device(args.device)
     data, aus = engine.load_data(args)
     inputs = engine.make_inputs(data, args, device)
     index = {seq_id: i for i, seq_id in enumerate(data.ids)}
-    fold_dirs = [path.parent] if path.is_file() else [
-        run_dir / f"fold{k}" for k in range(args.kfold) if (run_dir / f"fold{k}" / runs.CHECKPOINT).is_file()]
-    if not fold_dirs:
-        raise UserError(f"{run_dir} holds no fold checkpoints: train it first")
-    out_dir = run_dir / "evaluate" if path.is_dir() else path.parent / "evaluate"
+    fold_dirs = [path.parent] if path.is_file() else [run_dir / f"fold{k}" for k in range(args.kfold)]
     parts = []
     for fold_dir in fold_dirs:
         ckpt_path = path if path.is_file() else fold_dir / runs.CHECKPOINT
@@ -319,6 +430,9 @@ def evaluate_run(args: argparse.Namespace) -> dict:
         metrics.write_predictions(eval_dir / "predictions.csv", *part[:2], aus, *part[3:], fold=part[2])
         parts.append(part)
         log.info("%s: epoch %d checkpoint, %d test sequences", fold_dir.name, ckpt["epoch"] + 1, len(test_idx))
+        if ckpt["epoch"] + 1 < args.epochs:
+            log.warning("%s has trained %d of the run's %d epochs: these numbers are of an unfinished fold",
+                        fold_dir.name, ckpt["epoch"] + 1, args.epochs)
     results = runs.write_results(out_dir, args, aus, parts)
     print(metrics.format_table(results, results["model"]))
     reference = run_dir / "results.json"
@@ -342,7 +456,13 @@ def main(args: argparse.Namespace) -> dict | None:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    return utils.run_cli(get_args_parser(), main, argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+
+    def run(args: argparse.Namespace) -> dict | None:
+        args.typed = typed_flags(argv)  # after run_cli's parse, so --help and bad values are its
+        return main(args)
+
+    return utils.run_cli(get_args_parser(), run, argv)
 
 
 if __name__ == "__main__":

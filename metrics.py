@@ -113,9 +113,12 @@ def format_table(results: dict, model_name: str) -> str:
     """The README-style F1 row (one column per AU plus Avg), then the per-AU detail table.
 
     The AU columns are the keys of `results["per_au"]`, so the table always matches the AUs the
-    model was trained on.
+    model was trained on. Results over some folds of a run (`folds`) say so in the model's cell.
     """
     per_au, macro = results["per_au"], results["macro"]
+    folds, kfold = results.get("folds"), results.get("kfold")
+    if folds is not None and kfold and len(folds) < kfold:
+        model_name = f"{model_name}, {len(folds)} of {kfold} folds ({', '.join(f'fold{k}' for k in folds)})"
     names = list(per_au)
     summary = markdown_table([["Model", *names, "Avg"],
                          [model_name, *(format_value(per_au[n]["f1"], 2) for n in names), format_value(macro["f1"], 2)]])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import sys
@@ -25,6 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+import dataset
 import metrics
 import models
 import utils
@@ -52,9 +54,22 @@ def run_settings(args: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------- checkpoint files
 
 
+def state_bytes(state) -> int:
+    """The bytes of every tensor in a (nested) checkpoint dict: what torch.save writes, give or take
+    a few KB of zip headers and pickled keys. Works on meta tensors too (sizes without memory)."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0
+
+
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """torch.save `state` atomically: a crash mid-save never replaces a good checkpoint with half of one."""
-    return utils.write_atomically(path, lambda f: torch.save(state, f))
+    """torch.save `state` atomically: a crash mid-save never replaces a good checkpoint with half of one.
+    A full disk is a `utils.DiskFull` naming the folder and the checkpoint's size."""
+    return utils.write_atomically(path, lambda f: torch.save(state, f), size=state_bytes(state))
 
 
 def _first_line(error: BaseException) -> str:
@@ -121,16 +136,25 @@ def load_checkpoint(path: str | os.PathLike, required: Sequence[str] = CHECKPOIN
 
 
 def fold_checkpoint(model: models.AUNet, optimizer, scheduler, scaler, *, epoch: int, fold: int, args,
-                    aus: Sequence[int], test_ids: list[str], history: list[dict]) -> dict:
+                    aus: Sequence[int], test_ids: list[str], history: list[dict], finished: bool = False) -> dict:
     """The one checkpoint format: everything `--resume`, `-e` and predict.py read back.
 
-    A frozen backbone is left out (the run's backbone.pth holds it once)."""
+    A frozen backbone is left out (the run's backbone.pth holds it once). A `finished` fold keeps
+    its optimizer's settings but not its per-parameter state (SGD's momentum, as large as the
+    model): -e and predict.py need only the weights, and an --epochs extension restarts momentum
+    from zero, which halves what a run keeps on disk."""
     return {
         "version": FORMAT_VERSION, "model": model_state(model), "frozen_backbone": model.frozen,
-        "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+        "optimizer": slim_optimizer_state(optimizer.state_dict()) if finished else optimizer.state_dict(),
+        "lr_scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
         "epoch": epoch, "fold": fold, "kfold": args.kfold, "arch": args.model, "aus": list(aus),
         "args": run_settings(args), "test_ids": test_ids, "history": history,
     }
+
+
+def slim_optimizer_state(state: dict) -> dict:
+    """An optimizer state dict without its per-parameter buffers (learning rates etc. stay)."""
+    return {**state, "state": {}}
 
 
 def model_state(model: models.AUNet) -> dict:
@@ -287,20 +311,71 @@ def open_run_dir(run_dir: Path, args: argparse.Namespace) -> None:
                              "landmark_dir": args.landmark_dir, "command": command_line()})
 
 
-def adopt_saved_settings(args: argparse.Namespace, source: Path) -> None:
-    """Take a run's own settings (its args.json) for resume/evaluate, and its data folders
-    unless given; explicit flags that disagree are an error."""
+def saved_setting(key: str, saved: dict):
+    """A setting as the run used it: a run saved without --aus (and without --min-count) used the
+    default AU list."""
+    value = saved.get(key)
+    if key == "aus" and value is None and saved.get("min_count") is None:
+        return ",".join(map(str, dataset.DEFAULT_AUS))
+    return value
+
+
+def same_setting(key: str, given, saved) -> bool:
+    """Whether a typed flag says what the run used (`--aus 1,2` is `--aus "1, 2"`)."""
+    if key == "aus" and given is not None and saved is not None:
+        return dataset.parse_au_list(str(given)) == dataset.parse_au_list(str(saved))
+    return given == saved
+
+
+def changed_settings(args: argparse.Namespace, saved: dict, typed: set[str], allowed: Sequence[str] = ()) -> list[str]:
+    """The run settings the user typed (`typed`: argparse dests) that disagree with the run's
+    args.json (`saved`), in RUN_SETTINGS order. Every setting is covered, so a new one needs no
+    code here."""
+    return [key for key in RUN_SETTINGS if key in typed and key not in allowed
+            and not same_setting(key, getattr(args, key), saved_setting(key, saved))]
+
+
+def adopt_saved_settings(args: argparse.Namespace, source: Path, keep: Sequence[str] = ()) -> dict:
+    """Take a run's own settings (its args.json) for resume/evaluate, but those in `keep`, and its
+    data folders unless given -> the saved dict. Typed flags that disagree are refused before
+    this (`changed_settings`)."""
     saved = read_args_json(source)
-    for key in ("model", "aus", "image_size", "crop", "norm"):
-        given, wanted = getattr(args, key), saved.get(key)
-        if given is not None and given != wanted:
-            raise UserError(f"--{key.replace('_', '-')} {given} does not match {source}, which was trained with "
-                            f"{wanted}: drop the flag")
     for key, value in saved.items():
-        if key in RUN_SETTINGS:
+        if key in RUN_SETTINGS and key not in keep:
             setattr(args, key, value)
     for role in ("data_dir", "label_dir", "landmark_dir"):
         setattr(args, role, getattr(args, role) or saved.get(role))
+    return saved
+
+
+def epochs_done(run_dir: Path, kfold: int) -> dict[str, int]:
+    """Epochs each fold (and the final model) has trained, from their checkpoints, by folder name."""
+    done = {}
+    for name in [f"fold{k}" for k in range(kfold)] + ["final"]:
+        path = run_dir / name / CHECKPOINT
+        if path.is_file():
+            done[name] = load_checkpoint(path)["epoch"] + 1
+    return done
+
+
+def check_extension(run_dir: Path, args: argparse.Namespace) -> None:
+    """--resume RUN --epochs N may lengthen a run, or shorten one whose folds have not gone past N."""
+    done = epochs_done(run_dir, args.kfold)
+    furthest = max(done.values(), default=0)
+    if args.epochs < furthest:
+        which = ", ".join(name for name, n in done.items() if n == furthest)
+        raise UserError(f"--epochs {args.epochs}: {which} of {run_dir} already trained {furthest} epochs; "
+                        f"give --epochs {furthest} or more, or start a new run")
+
+
+def extend_run(run_dir: Path, args: argparse.Namespace, before: int) -> None:
+    """--resume RUN --epochs N: train the run to N epochs instead of `before`, as torchvision's
+    references do (`check_extension` first). args.json says so (epochs N, and an `extended`
+    entry), so a later plain --resume also goes to N."""
+    saved = read_args_json(run_dir / "args.json")
+    history = [*saved.get("extended", []), {"from": before, "to": args.epochs, "command": command_line(),
+                                            "time": datetime.now().isoformat(timespec="seconds")}]
+    utils.write_json(run_dir / "args.json", {**saved, "epochs": args.epochs, "extended": history})
 
 
 def locate_run(path: Path) -> tuple[Path, int | None]:
@@ -329,26 +404,39 @@ def resume_command(run_dir: Path, args) -> str:
 # ----------------------------------------------------------------------------- results
 
 
-def protocol(args: argparse.Namespace) -> str:
-    """The cross-validation protocol in words, for results.json and the tables."""
-    folds = ("subject-independent folds (GroupKFold over subjects)" if args.split == "subject"
-             else "folds over sequences (a subject can be in train and test)")
-    return f"{args.kfold}-fold cross-validation, {folds}, pooled out-of-fold predictions"
+def protocol(args: argparse.Namespace, folds: Sequence[int] | None = None) -> str:
+    """The cross-validation protocol in words, for results.json and the tables; `folds`, when not
+    all of them, says which folds the numbers cover."""
+    kind = ("subject-independent folds (GroupKFold over subjects)" if args.split == "subject"
+            else "folds over sequences (a subject can be in train and test)")
+    text = f"{args.kfold}-fold cross-validation, {kind}, pooled out-of-fold predictions"
+    if folds is not None and sorted(folds) != list(range(args.kfold)):
+        text = f"{covered(folds, args.kfold)} of a {text}"
+    return text
+
+
+def covered(folds: Sequence[int], kfold: int) -> str:
+    """'fold 2 only', 'folds 0, 2 only' -- a result over part of a run says so."""
+    names = ", ".join(str(k) for k in sorted(folds))
+    return f"fold{'s' if len(folds) > 1 else ''} {names} only ({len(folds)} of {kfold})"
 
 
 def write_results(out_dir: Path, args: argparse.Namespace, aus: list[int], parts: list[tuple]) -> dict:
     """Per-AU metrics of the out-of-fold predictions of every fold, pooled (never averaged per fold),
     written with the pooled predictions and the figures into `out_dir`.
 
-    `parts`: one (ids, subjects, folds, targets, probs) per fold."""
+    `parts`: one (ids, subjects, folds, targets, probs) per fold. `folds` in the results lists the
+    folds they cover; when that is not all of them, the protocol says so too."""
     ids = [i for part in parts for i in part[0]]
     subjects = [s for part in parts for s in part[1]]
     folds = [k for part in parts for k in part[2]]
     targets = np.concatenate([np.asarray(part[3]) for part in parts])
     probs = np.concatenate([np.asarray(part[4]) for part in parts])
     scores = metrics.compute_metrics(targets, probs, aus, args.threshold)
+    covers = sorted({int(k) for k in folds if k is not None})
     results = {
-        "model": args.model, "aus": list(aus), "split": args.split, "kfold": args.kfold, "protocol": protocol(args),
+        "model": args.model, "aus": list(aus), "split": args.split, "kfold": args.kfold, "folds": covers,
+        "protocol": protocol(args, covers),
         "pretrained": not args.no_pretrained, "freeze_backbone": args.freeze_backbone, "epochs": args.epochs,
         "image_size": args.image_size, "crop": args.crop, "sequences": len(ids), **scores,
     }

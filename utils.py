@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import io
 import json
 import logging
 import os
 import re
+import shutil
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +26,73 @@ class UserError(Exception):
     The scripts print the message as a single line on stderr and exit with code 2; the
     message names the file or flag at fault and says how to fix it.
     """
+
+
+class DiskFull(UserError):
+    """No space left on the device (or over quota) while writing `path`.
+
+    The message names the folder, the space the file needed (when known) and the space free, and
+    ends with `fix`; `with_fix` gives the same error with the fix a caller knows better (e.g. the
+    --resume command that continues a run).
+    """
+
+    def __init__(self, path: str | os.PathLike, needed: int | None, free: int | None,
+                 fix: str = "free some space and run the command again"):
+        self.path, self.needed, self.free, self.fix = Path(path), needed, free, fix
+        size = f"about {format_bytes(needed)} needed" if needed is not None else "size unknown"
+        room = f", {format_bytes(free)} free" if free is not None else ""
+        self.what = f"no space left in {self.path.parent} to write {self.path.name} ({size}{room})"
+        super().__init__(f"{self.what}: {fix}")
+
+    def with_fix(self, fix: str) -> "DiskFull":
+        return DiskFull(self.path, self.needed, self.free, fix)
+
+    def __reduce__(self):
+        return type(self), (self.path, self.needed, self.free, self.fix)
+
+
+# What a write raises when the disk is full or the user's quota is spent.
+DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e is not None)
+
+
+def disk_full_cause(error: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT OSError behind `error`, if any: torch's zip writer reports a failed write
+    as RuntimeError("... unexpected pos ...") with the OSError only in its context chain."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def free_bytes(directory: str | os.PathLike) -> int | None:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
+def format_bytes(n: int | float) -> str:
+    """Binary units, as `du -h` counts: "512 B", "3.4 MiB", "1.20 GiB"."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= scale:
+            value = n / scale
+            return f"{value:.2f} {unit}" if unit == "GiB" else f"{value:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def folder_size(directory: str | os.PathLike) -> int:
+    """Bytes in the files under `directory` (links not followed)."""
+    total = 0
+    for root, _, files in os.walk(directory):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass  # removed while we walked
+    return total
 
 
 LOGGER_NAME = "au"
@@ -55,12 +124,14 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
+def write_atomically(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None],
+                     size: int | None = None) -> Path:
     """Run `write` on a temp file beside `path`, sync it, then rename it over `path`.
 
     A reader sees the old file or the new one, never half of one. If `write` raises, the temp file
     is removed and the old file is untouched; a hard crash can leave `<name>.tmp-<pid>` behind, which
-    `clean_temp_files` removes.
+    `clean_temp_files` removes. A full disk (however the writer reports it) becomes `DiskFull`,
+    which names the folder and `size`, the bytes the file needs when the caller knows them.
     """
     path = Path(path)
     tmp = _temp_path(path)
@@ -70,8 +141,10 @@ def write_atomically(path: str | os.PathLike, write: Callable[[io.BufferedWriter
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if disk_full_cause(e) is not None:
+            raise DiskFull(path, size, free_bytes(path.parent)) from e
         raise
     _fsync_dir(path.parent)
     return path
@@ -79,7 +152,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[io.BufferedWriter
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Replace `path` with `data` atomically."""
-    return write_atomically(path, lambda f: f.write(data))
+    return write_atomically(path, lambda f: f.write(data), size=len(data))
 
 
 def _json_default(obj: Any) -> Any:
@@ -196,11 +269,27 @@ def setup_logging(quiet: bool = False, log_file: str | os.PathLike | None = None
     return logger
 
 
+class _FileHandler(logging.FileHandler):
+    """A log file that a full disk cannot turn into a traceback per line: the first line that
+    cannot be written says so once on stderr; the run's next save then stops it with one line."""
+
+    disk_full = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if error is None or disk_full_cause(error) is None:
+            return super().handleError(record)
+        if not self.disk_full:
+            self.disk_full = True
+            print(f"warning: no space left to write {self.baseFilename}; log lines are missing from it from "
+                  f"here on", file=sys.stderr)
+
+
 def add_log_file(path: str | os.PathLike) -> logging.Handler:
     """Also append INFO and up to `path` (e.g. run_dir/log.txt), replacing a log file set earlier."""
     logger = logging.getLogger(LOGGER_NAME)
     _drop_handlers(logger, "file")
-    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler = _FileHandler(path, mode="a", encoding="utf-8")
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
     handler._au_role = "file"  # type: ignore[attr-defined]

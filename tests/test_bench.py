@@ -43,3 +43,19 @@ def test_bench_reports_every_figure(tmp_path):
     assert report["targets"]["frozen.max_abs_diff"]["met"] is True
     # Nothing but the reused synthetic tree and the report stays behind.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "ckplus-20-seed0"]
+
+
+def test_disk_table_estimates_match_real_checkpoints():
+    """benchmarks/disk.py (the README's disk table) computes sizes from the models' tensors; the
+    files runs.save_checkpoint writes are within 1% of them."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "disk.py"), "--models", "squeezenet1_1",
+                           "--kfold", "3", "--measure"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split("|")[1:-1] == [" model         ", " parameters ", " finished fold ", " fold in training ",
+                                         " 3-fold run ", " 3-fold run, --freeze-backbone "]
+    assert lines[2].startswith("| squeezenet1_1 | 0.7 M ")
+    numbers = [int(word) for word in lines[3].replace(")", " ").replace(",", " ").split() if word.isdigit()]
+    finished, finished_estimate, training, training_estimate = numbers
+    assert abs(finished - finished_estimate) < 0.01 * finished and abs(training - training_estimate) < 0.01 * training
+    assert 1.95 < training / finished < 2.05  # momentum doubles a checkpoint while a fold trains

@@ -255,3 +255,36 @@ def test_parallel_workers_give_the_same_crops(tree):
     _, serial = dataset.load_crops(recs, size=24)
     _, parallel = dataset.load_crops(recs, size=24, workers=2)
     np.testing.assert_array_equal(serial, parallel)
+
+
+def test_crop_cache_is_bounded_least_recently_used_first(tree, tmp_path, monkeypatch):
+    """Beyond $AU_CACHE_LIMIT_MB the crop files used longest ago go; a cache hit counts as a use;
+    the demo's synthetic CK+ and other files in the folder are never touched."""
+    cache = tmp_path / "cache"
+    demo = cache / "synthetic-ckplus-60" / "cohn-kanade-images" / "S005_001_00000001.png"
+    demo.parent.mkdir(parents=True)
+    demo.write_bytes(b"\0" * 3_000_000)  # bigger than the limit: not a crop file, not counted, kept
+    (cache / "notes.txt").write_text("mine")
+    recs = index(tree)
+    dataset.load_crops(recs, size=224, cache_dir=cache)  # A: 3 crops of 224x224, about 150 KB
+    (a,) = cache.glob("crops-*.npz")
+    filler = cache / "crops-0000000000000000000f.npz"  # another tree's crops, used after A
+    filler.write_bytes(b"\0" * 600_000)
+    os.utime(a, ns=(10**18, 10**18))
+    os.utime(filler, ns=(11 * 10**17, 11 * 10**17))  # both long ago, the filler later
+
+    dataset.load_crops(index(tree), size=224, cache_dir=cache)  # a hit on A: now the most recent
+    assert a.stat().st_mtime_ns > filler.stat().st_mtime_ns
+    monkeypatch.setenv(dataset.CACHE_LIMIT_ENV, "0.8")  # 838 KB: A + filler + B do not fit
+    dataset.load_crops(index(tree), size=224, crop="original", cache_dir=cache)  # B, written
+    assert a.is_file() and not filler.exists()
+    assert len(list(cache.glob("crops-*.npz"))) == 2
+    assert demo.stat().st_size == 3_000_000 and (cache / "notes.txt").read_text() == "mine"
+
+    monkeypatch.setenv(dataset.CACHE_LIMIT_ENV, "0")  # only the file in use stays
+    dataset.load_crops(index(tree), size=224, cache_dir=cache)
+    assert list(cache.glob("crops-*.npz")) == [a]
+    monkeypatch.setenv(dataset.CACHE_LIMIT_ENV, "lots")
+    with pytest.raises(UserError, match="AU_CACHE_LIMIT_MB"):
+        dataset.load_crops(index(tree), size=224, cache_dir=cache)
+    assert dataset.DEFAULT_CACHE_LIMIT_MB == 2048

@@ -269,3 +269,23 @@ def test_augment_and_seed_change_training_and_are_repeatable(ck, tmp_path):
     assert np.array_equal(augmented, again)
     assert not np.array_equal(plain, augmented)
     assert not np.array_equal(plain, fold0("seed1", "--seed", "1"))
+
+
+def test_demo_honours_the_flags_typed_with_it(tmp_path, monkeypatch, capsys, caplog):
+    """--demo's settings are defaults: `--demo --model X --epochs 1` trains X for 1 epoch, and the
+    log says what the demo used."""
+    monkeypatch.setattr(dataset, "DEMO_SUBJECTS", 6)
+    used = {}
+    monkeypatch.setattr(main, "train", lambda args: used.update(vars(args)))
+    cache = str(tmp_path / "cache")
+    with caplog.at_level("INFO", logger="au"):
+        assert main.cli(["--demo", "--model", "alexnet", "--epochs", "1", "--cache-dir", cache]) == 0
+    assert (used["model"], used["epochs"]) == ("alexnet", 1)
+    assert (used["kfold"], used["lr"], used["image_size"]) == (main.DEMO["kfold"], main.DEMO["lr"], 64)
+    assert "--model alexnet (typed)" in caplog.text and "--epochs 1 (typed)" in caplog.text
+    assert f"--lr {main.DEMO['lr']} " in caplog.text
+    assert main.cli(["--demo", "--cache-dir", cache]) == 0
+    assert (used["model"], used["epochs"]) == (main.DEMO["model"], main.DEMO["epochs"])
+    # the demo brings its own data: paths typed with it are refused, not dropped
+    assert main.cli(["--demo", "a", "b", "c", "--cache-dir", cache]) == 2
+    assert "drop DATA_DIR LABEL_DIR LANDMARK_DIR" in capsys.readouterr().err

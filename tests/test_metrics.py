@@ -236,3 +236,25 @@ def test_plots_write_png_files(tmp_path):
     grid = metrics.plot_confusion(*wide, list(range(1, 13)), 0.5, tmp_path / "grid.png")
     assert png_size(grid)[1] > 2 * png_size(confusion)[1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion.png", "f1.png", "grid.png"]
+
+
+def test_f1_figure_draws_f1_precision_and_recall_per_au(tmp_path, monkeypatch):
+    """f1.png shows what the README says: per AU a bar each for F1, precision and recall."""
+    results, _, _ = run_results()
+    drawn = {}
+    save = metrics.save_png
+
+    def look(fig, path):
+        ax = fig.axes[0]
+        drawn["bars"] = [[rect.get_height() for rect in bars] for bars in ax.containers]
+        drawn["legend"] = [text.get_text() for text in ax.get_legend().get_texts()]
+        drawn["ticks"] = [label.get_text() for label in ax.get_xticklabels()]
+        return save(fig, path)
+
+    monkeypatch.setattr(metrics, "save_png", look)
+    metrics.plot_f1(results, tmp_path / "f1.png")
+    per_au = results["per_au"]
+    expected = [[per_au[au][key] or 0.0 for au in per_au] for key in ("f1", "precision", "recall")]
+    assert np.allclose(drawn["bars"], expected)
+    assert {"F1", "precision", "recall"} <= set(drawn["legend"])
+    assert drawn["ticks"] == ["AU1", "AU2", "AU43"]

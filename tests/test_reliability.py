@@ -408,3 +408,297 @@ def test_ctrl_c_saves_and_prints_the_command_that_resumes(ck, straight, tmp_path
     assert resumed.returncode == 0, resumed.stderr
     assert read_run(run_dir) == straight
     assert math.isfinite(read_run(run_dir)[1]["f1"])
+
+
+# ----------------------------------------------------------------------------- second pass (issue 13)
+# Found by trying it as a new user would: default flags, fresh trees.
+
+
+def without_workers(flags: list[str]) -> list[str]:
+    i = flags.index("-j")
+    return flags[:i] + flags[i + 2:]
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_bad_frame_with_crop_workers_is_one_line_and_skip_bad_skips_it(damage, tmp_path, capsys):
+    """The default -j decodes in a process pool: a frame that will not decode must come back from
+    a worker as the same one-line error (not a BrokenProcessPool traceback), and --skip-bad must
+    be able to skip it."""
+    dirs, summary = small_tree(tmp_path / "ck")
+    _, frame, _ = peak_of(tmp_path / "ck")
+    frame.write_bytes(b"") if damage == "empty" else truncate(frame)
+    argv = [*dirs, *without_workers(QUICK), "-j", "2"]
+    fails(capsys, [*argv, "--output-dir", tmp_path / "run"], frame.name, "will not decode", "--skip-bad")
+    assert not (tmp_path / "run").exists()
+
+    assert main.cli([*argv, "--skip-bad", "--output-dir", str(tmp_path / "skip")]) == 0
+    assert frame.name in capsys.readouterr().err
+    assert len(metrics.read_predictions(tmp_path / "skip" / "predictions.csv")[0]) == summary.sequences - 1
+
+
+def library_exceptions() -> set[type]:
+    """Exception types of the library modules, whose code runs in crop workers (the scripts'
+    own types, like predict.NoFaces, never leave their process)."""
+    import ckplus, dataset, engine, models, preprocess  # noqa: E401
+
+    found = set()
+    for module in (utils, ckplus, dataset, engine, models, preprocess, runs, metrics):
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == module.__name__:
+                found.add(value)
+    return found
+
+
+def test_every_project_exception_survives_a_process_boundary(tmp_path):
+    """Crop workers (and any pool) send exceptions back pickled: each must arrive whole."""
+    import pickle
+
+    import dataset, engine, preprocess  # noqa: E401
+
+    examples = [
+        utils.UserError("bad flag: fix it"),
+        utils.DiskFull(tmp_path / "fold0" / "checkpoint.pth", 123456, 789, "free some space"),
+        dataset.DataError("image x.png will not decode: replace it", "image will not decode"),
+        engine.Diverged("fold 0 epoch 2: the loss became nan"),
+        preprocess.OutsideFrame("landmarks lie outside the frame"),
+    ]
+    assert {type(e) for e in examples} == library_exceptions(), "a new exception type needs an example here"
+    for error in examples:
+        back = pickle.loads(pickle.dumps(error))
+        assert type(back) is type(error) and str(back) == str(error)
+        assert vars(back) == vars(error)  # DataError.reason, DiskFull's sizes
+
+
+class FullDisk:
+    """A file whose writes fail with ENOSPC after `budget` bytes, as on a full disk."""
+
+    def __init__(self, real, budget: int):
+        self.real, self.budget = real, budget
+
+    def write(self, data) -> int:
+        import errno
+
+        if len(data) > self.budget:
+            self.real.write(bytes(data[: self.budget]))
+            self.budget = 0
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.budget -= len(data)
+        return self.real.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.real.close()
+
+
+def fill_disk_at(monkeypatch, name: str, nth: int = 1, budget: int = 1000) -> None:
+    """The `nth` atomic write of a file whose name starts with `name` (and every one after it)
+    hits a full disk."""
+    seen = [0]
+
+    def open_(path, mode="r", *a, **k):
+        f = open(path, mode, *a, **k)
+        if Path(path).name.startswith(name) and ".tmp-" in Path(path).name and "w" in mode:
+            seen[0] += 1
+            if seen[0] >= nth:
+                return FullDisk(f, budget)
+        return f
+
+    monkeypatch.setattr(utils, "open", open_, raising=False)
+
+
+@pytest.mark.parametrize("name, nth", [("checkpoint.pth", 2), ("predictions.csv", 1), ("results.json", 1)])
+def test_full_disk_is_one_line_with_the_space_needed_and_the_resume_command(name, nth, trained, tmp_path, capsys,
+                                                                            monkeypatch):
+    dirs, _ = trained
+    run_dir = tmp_path / "run"
+    fill_disk_at(monkeypatch, name, nth)
+    line = fails(capsys, [*dirs, *QUICK, "--epochs", "2", "--output-dir", run_dir],
+                 "no space left in", "to write " + name, "needed", "free", f"--resume {run_dir}")
+    folder = run_dir / "fold0" if name != "results.json" else run_dir
+    assert f"no space left in {folder} " in line
+    if name == "checkpoint.pth":  # the epoch before is intact and loads
+        ckpt = runs.load_checkpoint(run_dir / "fold0" / "checkpoint.pth")
+        assert ckpt["epoch"] == 0
+        # the last epoch's checkpoint failed: the weights without momentum
+        assert f"about {utils.format_bytes(runs.state_bytes(ckpt['model']))} needed" in line
+    assert not list(run_dir.rglob("*.tmp-*"))
+    monkeypatch.undo()
+    assert main.cli(["--resume", str(run_dir), "--quiet"]) == 0
+    assert (run_dir / "results.json").is_file()
+
+
+def test_torch_save_on_a_full_disk_is_recognised(tmp_path, monkeypatch):
+    """torch's zip writer turns the failed write into RuntimeError('... unexpected pos ...')."""
+    path = runs.save_checkpoint({"model": {"w": torch.zeros(10)}, "epoch": 0, "aus": [1], "arch": "alexnet"},
+                                tmp_path / "checkpoint.pth")
+    fill_disk_at(monkeypatch, "checkpoint.pth")
+    with pytest.raises(utils.DiskFull) as e:
+        runs.save_checkpoint({"model": {"w": torch.zeros(100_000)}, "epoch": 1, "aus": [1], "arch": "alexnet"}, path)
+    assert "about 390.6 KiB needed" in str(e.value) and str(tmp_path) in str(e.value)
+    assert isinstance(e.value.__cause__, (RuntimeError, OSError))
+    assert runs.load_checkpoint(path)["epoch"] == 0 and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
+
+
+def test_full_disk_for_the_crop_cache_warns_and_the_run_goes_on(tmp_path, capsys, monkeypatch):
+    dirs, _ = small_tree(tmp_path / "ck")
+    cache = tmp_path / "cache"
+    fill_disk_at(monkeypatch, "crops-")  # the crop cache's crops-<key>.npz
+    argv = [*dirs, *QUICK, "--cache-dir", cache, "--output-dir", tmp_path / "run"]
+    assert main.cli([str(a) for a in argv if a != "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"no space left in {cache}" in err and "continuing without the crop cache" in err
+    assert not list(cache.glob("crops-*"))
+
+
+def try_mount_tmpfs(where: Path, size: int) -> bool:
+    where.mkdir()
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return False
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+    return proc.returncode == 0
+
+
+def test_a_real_full_filesystem(tmp_path):
+    """The same on a real full disk: a tmpfs with room for one checkpoint with momentum, not for
+    the next one beside it (skipped where tmpfs cannot be mounted)."""
+    dirs, _ = small_tree(tmp_path / "ck")
+    disk = tmp_path / "disk"
+    # squeezenet1_1, 10 AUs: 2.8 MiB of weights, 5.6 MiB with momentum; the second write needs both files
+    if not try_mount_tmpfs(disk, 7 * 2**20):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        run_dir = disk / "run"
+        proc = run_cli(*dirs, *QUICK, "--epochs", "3", "--output-dir", run_dir)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith(f"error: no space left in {run_dir / 'fold0'} to write checkpoint.pth (about 5.")
+        assert f"--resume {run_dir}" in lines[0]
+        assert runs.load_checkpoint(run_dir / "fold0" / "checkpoint.pth")["epoch"] == 0
+        assert not list(run_dir.rglob("*.tmp-*"))
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_evaluate_refuses_a_run_with_a_fold_missing_and_one_fold_says_so(trained, tmp_path, capsys):
+    _, run_dir = trained
+    run = copy_run(run_dir, tmp_path / "run")
+    (run / "fold1" / "checkpoint.pth").unlink()
+    fails(capsys, ["-e", "--resume", run, "--quiet"], "fold1", "of its 2 folds", f"--resume {run} --fold 1")
+    assert not (run / "evaluate").exists()
+
+    # one fold, asked for by name: the results and the table say they cover that fold only
+    assert main.cli(["-e", "--resume", str(run), "--fold", "0", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    results = json.loads((run / "fold0" / "evaluate" / "results.json").read_text())
+    assert results["folds"] == [0] and results["protocol"].startswith("fold 0 only (1 of 2) of a 2-fold")
+    assert "squeezenet1_1, 1 of 2 folds (fold0)" in out
+    assert json.loads((run / "results.json").read_text())["folds"] == [0, 1]
+    # -e honours --output-dir, but never over a run folder's own results
+    assert main.cli(["-e", "--resume", str(run), "--fold", "0", "--output-dir", str(tmp_path / "ev"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "ev" / "results.json").read_text())["folds"] == [0]
+    fails(capsys, ["-e", "--resume", run, "--fold", "0", "--output-dir", run], "is a run folder")
+    # a fold short of the run's epochs (an interrupted --epochs extension) is evaluated with a warning
+    saved = json.loads((run / "args.json").read_text())
+    (run / "args.json").write_text(json.dumps({**saved, "epochs": 2}))
+    assert main.cli(["-e", "--resume", str(run), "--fold", "0", "--quiet"]) == 0
+    assert "fold0 has trained 1 of the run's 2 epochs" in capsys.readouterr().err
+
+
+def test_resume_refuses_every_run_setting_typed_differently_in_one_line(trained, tmp_path, capsys):
+    """Generic over runs.RUN_SETTINGS: a setting added later is refused without new code."""
+    run_dir = copy_run(trained[1], tmp_path / "run")
+    saved = json.loads((run_dir / "args.json").read_text())
+    flags, expected = [], []
+    for action in main.get_args_parser()._actions:
+        key = action.dest
+        if key not in runs.RUN_SETTINGS or key == "epochs":  # --epochs extends the run (below)
+            continue
+        flag = [o for o in action.option_strings if o.startswith("--")][0]
+        value = saved[key]
+        if action.nargs == 0:  # a switch can only be typed on
+            if value:
+                continue
+            flags.append(flag)
+        elif action.choices:
+            flags += [flag, next(c for c in action.choices if c != value)]
+        elif key == "aus":
+            flags += [flag, "1,2"]
+        elif key == "model":
+            flags += [flag, "alexnet"]
+        elif action.type in (int, float):
+            flags += [flag, str(action.type(value * 2 if value else 1) if key != "threshold" else 0.25)]
+        else:
+            flags += [flag, "something-else"]
+        expected.append(flag)
+    assert len(expected) >= len(runs.RUN_SETTINGS) - 2  # all but --epochs and switches already on
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    line = fails(capsys, ["--resume", run_dir, *flags], "disagree", "--output-dir")
+    for flag in expected:
+        assert f"{flag} " in line or f"{flag}," in line or f"{flag} (" in line, flag
+    fails(capsys, ["-e", "--resume", run_dir, "--threshold", "0.25", "--lr", "1"], "--threshold 0.25 (run: 0.5)",
+          "--lr 1.0 (run: 0.01)")
+    fails(capsys, ["--resume", run_dir, "--output-dir", tmp_path / "elsewhere"], "--output-dir", "in place")
+    assert before == {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    # flags that do not change the run stay allowed, and typing a run's own value is no change
+    assert main.cli(["--resume", str(run_dir), "--quiet", "-j", "1", "--model", "squeezenet1_1", "--kfold", "2",
+                     "--aus", "1, 2, 4,5,6,7,12,15,17,25", "--device", "cpu"]) == 0
+
+
+def test_resume_with_more_epochs_extends_the_run_like_torchvision(tmp_path, capsys):
+    """--resume RUN --epochs N continues every finished fold to N epochs with its schedule; with
+    no momentum to lose (--momentum 0) the extended run equals a run trained to N straight away."""
+    dirs, _ = small_tree(tmp_path / "ck")
+    flags = [*dirs, *QUICK, "--momentum", "0", "--step", "1", "--gamma", "0.5"]
+    assert main.cli([*flags, "--epochs", "2", "--output-dir", str(tmp_path / "straight")]) == 0
+    run_dir = tmp_path / "run"
+    assert main.cli([*flags, "--output-dir", str(run_dir)]) == 0  # one epoch
+    one_epoch = json.loads((run_dir / "results.json").read_text())
+    assert one_epoch["epochs"] == 1
+    capsys.readouterr()
+
+    fails(capsys, ["--resume", run_dir, "--epochs", "0"], "--epochs")
+    assert main.cli(["--resume", str(run_dir), "--epochs", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "extended from 1 to 2 epochs" in err and "fold 0: resuming at epoch 1" in err
+    saved = json.loads((run_dir / "args.json").read_text())
+    assert saved["epochs"] == 2 and [(e["from"], e["to"]) for e in saved["extended"]] == [(1, 2)]
+    assert "extended from 1 to 2 epochs" in (run_dir / "log.txt").read_text()
+    for k in range(2):
+        rows = [r.split(",") for r in (run_dir / f"fold{k}" / "metrics.csv").read_text().splitlines()[1:]]
+        assert [(r[0], float(r[2])) for r in rows] == [("1", 0.01), ("2", 0.005)]  # the schedule went on
+    assert json.loads((run_dir / "results.json").read_text())["epochs"] == 2
+    assert read_run(run_dir) == read_run(tmp_path / "straight")
+
+    # back to fewer epochs than the folds trained: refused, nothing changes
+    fails(capsys, ["--resume", run_dir, "--epochs", "1"], "--epochs 1", "already trained 2 epochs")
+    assert json.loads((run_dir / "args.json").read_text())["epochs"] == 2
+
+
+def test_extension_restarts_momentum_and_says_so(trained, tmp_path, capsys):
+    _, run_dir = trained
+    run = copy_run(run_dir, tmp_path / "run")
+    assert main.cli(["--resume", str(run), "--epochs", "2"]) == 0
+    assert "momentum restarts from zero" in capsys.readouterr().err
+    for k in range(2):
+        ckpt = runs.load_checkpoint(run / f"fold{k}" / "checkpoint.pth")
+        assert ckpt["epoch"] == 1 and ckpt["optimizer"]["state"] == {}
+
+
+def test_finished_folds_keep_no_optimizer_state_and_the_run_prints_its_size(trained, tmp_path, capsys):
+    """A finished fold's checkpoint is about the size of the model: -e, predict.py and --epochs
+    need nothing more (a fold still training keeps its momentum: see the SIGKILL tests)."""
+    dirs, run_dir = trained
+    for k in range(2):
+        path = run_dir / f"fold{k}" / "checkpoint.pth"
+        ckpt = runs.load_checkpoint(path)
+        assert ckpt["optimizer"]["state"] == {} and ckpt["optimizer"]["param_groups"][0]["lr"] == 0.01
+        assert path.stat().st_size < 1.05 * runs.state_bytes(ckpt["model"])
+    assert main.cli([*dirs, *QUICK, "--output-dir", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    size = utils.folder_size(tmp_path / "r")
+    assert f"run folder: {tmp_path / 'r'} ({utils.format_bytes(size)} on disk)" in out

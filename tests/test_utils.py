@@ -81,3 +81,69 @@ def test_logging_still_reaches_caplog(au_logger, caplog):
 ])
 def test_format_duration(seconds, text):
     assert utils.format_duration(seconds) == text
+
+
+def test_full_disk_is_one_user_error_naming_the_folder_and_the_size(tmp_path):
+    import errno
+
+    path = utils.write_json(tmp_path / "results.json", {"macro": 0.5})
+
+    def full(f):
+        f.write(b"{")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def torch_like(f):  # torch's zip writer: RuntimeError, the OSError only in its context
+        try:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    for write in (full, torch_like):
+        with pytest.raises(utils.DiskFull) as e:
+            utils.write_atomically(path, write, size=3 * 2**20)
+        assert str(e.value).startswith(f"no space left in {tmp_path} to write results.json (about 3.0 MiB needed, ")
+        assert str(e.value).endswith("free): free some space and run the command again")
+        assert isinstance(e.value, utils.UserError) and "\n" not in str(e.value)
+    assert e.value.with_fix("continue with --resume RUN").fix == "continue with --resume RUN"
+    assert json.loads(path.read_text()) == {"macro": 0.5} and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+    def broken(f):
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(OSError) as other:  # any other failure is not called a full disk
+        utils.write_atomically(path, broken)
+    assert not isinstance(other.value, utils.DiskFull)
+
+
+def test_format_bytes_and_folder_size(tmp_path):
+    assert [utils.format_bytes(n) for n in (0, 1023, 1536, 5 * 2**20 + 2**19, 3 * 2**30)] == \
+        ["0 B", "1023 B", "1.5 KiB", "5.5 MiB", "3.00 GiB"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x").write_bytes(b"1" * 1000)
+    (tmp_path / "y").write_bytes(b"1" * 24)
+    assert utils.folder_size(tmp_path) == 1024
+
+
+def test_a_log_file_on_a_full_disk_warns_once_instead_of_a_traceback_per_line(tmp_path, capsys):
+    import errno
+
+    utils.setup_logging(quiet=True)
+    handler = utils.add_log_file(tmp_path / "log.txt")
+
+    class Full:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+    try:
+        handler.stream = Full()
+        for i in range(3):
+            logging.getLogger("au").info("epoch %d", i)
+        err = capsys.readouterr().err
+        assert err.count("warning: no space left to write") == 1 and str(tmp_path / "log.txt") in err
+        assert "Traceback" not in err and "Logging error" not in err
+    finally:
+        handler.stream = open(tmp_path / "log.txt", "a")
+        utils.setup_logging()
