@@ -901,6 +901,8 @@ def main(args: argparse.Namespace) -> dict:
     ensemble = open_ensemble(Path(args.model), args.threshold)
     finder = face_finder(args)
     smoothed = args.smooth is not None
+    if not videos and (args.every != 1 or smoothed):
+        log.warning("--every and --smooth apply to videos, and none was given: each photo is predicted as it is")
 
     located = [locate_faces(path, finder, ensemble.settings) for path in progress(images, args.quiet)]
     crops = [c for image in located for c in image.crops]

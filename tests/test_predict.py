@@ -591,12 +591,16 @@ def test_without_pyav_a_video_gets_a_row_saying_what_to_install(final_run, ck, t
     assert rc == 0 and row["status"] == f"unreadable video: {AV_MISSING}"
 
 
-def test_video_flags_are_checked(final_run, tmp_path, capsys):
+def test_video_flags_are_checked(final_run, ck, tmp_path, capsys):
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(b"checked before any file is read")
     assert "--every" in expect_user_error(capsys, final_run.dir, clip, "--every", "0")
     for k in ("1", "4"):
         assert "--smooth K must be an odd number" in expect_user_error(capsys, final_run.dir, clip, "--smooth", k)
+    # on photos alone they would do nothing: said, not silently ignored
+    rc, _, err = call(capsys, final_run.dir, frames(ck)[0], "--landmarks", ck.landmarks, "--every", "2",
+                      "--out", tmp_path / "p.csv")
+    assert rc == 0 and "--every and --smooth apply to videos" in err
 
 
 def test_faces_keep_their_numbers_by_overlap():
