@@ -1,4 +1,4 @@
-"""predict.py: AU predictions on new photos from a trained run, with exactly the run's preprocessing."""
+"""predict.py: AU predictions on new photos and videos from a trained run, with exactly the run's preprocessing."""
 from __future__ import annotations
 
 import csv
@@ -361,3 +361,297 @@ def test_a_missing_shape_predictor_is_a_user_error(astronaut, final_run, tmp_pat
     monkeypatch.setenv(predict.SHAPE_PREDICTOR_ENV, str(tmp_path / "missing.dat"))
     line = expect_user_error(capsys, final_run.dir, astronaut)
     assert predict.SHAPE_PREDICTOR_ENV in line and str(tmp_path / "missing.dat") in line
+
+
+# ----------------------------------------------------------------------------- videos
+
+AV_MISSING = "PyAV is not installed: pip install -r requirements-predict.txt"
+RATE = 25  # frames per second of the test videos: frame i is at i / 25 s
+
+
+def write_video(path: Path, images: list[Image.Image], rate: int = RATE, rotation: int | None = None) -> Path:
+    """A lossless video (FFV1, RGB, in Matroska) of `images`, written with PyAV itself: every frame
+    decodes to exactly the pixels it was made from. `rotation`: the display rotation to store."""
+    av = pytest.importorskip("av", reason=AV_MISSING)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=rate)
+        stream.width, stream.height = images[0].size
+        stream.pix_fmt = "bgr0"
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for image in images:
+            container.mux(stream.encode(av.VideoFrame.from_image(image.convert("RGB"))))
+        container.mux(stream.encode())
+    return path
+
+
+def decoded_frames(path: Path) -> list[np.ndarray]:
+    av = pytest.importorskip("av", reason=AV_MISSING)
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+class LandmarksByPixels:
+    """A face finder for video frames made from CK+ frames: it recognises a frame by its pixels
+    and gives that frame's landmark file, as --landmarks gives it to the photo (no dlib needed);
+    any other frame has no face."""
+
+    def __init__(self, ck, paths: list[Path]):
+        self.known = {}
+        for path in paths:
+            gray = np.asarray(Image.open(path).convert("L"))
+            points = dataset.read_landmarks(next(ck.landmarks.rglob(f"{path.stem}_landmarks.txt")))
+            self.known[gray.tobytes()] = points
+
+    def __call__(self, path: Path, gray: np.ndarray) -> list:
+        points = self.known.get(np.ascontiguousarray(gray).tobytes())
+        if points is None:
+            return []
+        return [predict.Face((*map(float, points.min(0)), *map(float, points.max(0))), points)]
+
+
+@pytest.fixture(scope="module")
+def clip(ck, tmp_path_factory) -> SimpleNamespace:
+    """A CK+ sequence as a 25 fps video: neutral to peak, a blank frame (no face), back two frames."""
+    pytest.importorskip("av", reason=AV_MISSING)
+    sequence = max((d for d in ck.images.glob("S*/*")), key=lambda d: (len(list(d.glob("S*.png"))), d.name))
+    photos = sorted(sequence.glob("S*.png"))
+    blank = Image.new("L", Image.open(photos[0]).size, 128)
+    order = [*photos, None, photos[-1], photos[-2]]  # None: the blank frame
+    folder = tmp_path_factory.mktemp("clip")
+    path = write_video(folder / "clip.mkv", [blank if p is None else Image.open(p) for p in order])
+    return SimpleNamespace(path=path, photos=photos, order=order, blank=len(photos))
+
+
+@pytest.fixture
+def pixels_finder(ck, clip, monkeypatch):
+    monkeypatch.setattr(predict, "face_finder", lambda args: LandmarksByPixels(ck, clip.photos))
+
+
+def test_a_video_gives_a_row_per_frame_with_its_number_and_time(final_run, clip, ck, pixels_finder, tmp_path,
+                                                                  capsys):
+    # the test video is lossless: each frame decodes to the very pixels of its CK+ photo
+    for frame, photo in zip(decoded_frames(clip.path), clip.order):
+        if photo is not None:
+            assert (frame == np.asarray(Image.open(photo).convert("RGB"))).all()
+    rc, out, err = call(capsys, final_run.dir, clip.path, "--out", tmp_path / "v.csv")
+    rows = read_rows(tmp_path / "v.csv")
+    assert rc == 0
+    assert [r["file"] for r in rows] == [str(clip.path)] * len(clip.order)
+    assert [int(r["frame"]) for r in rows] == list(range(len(clip.order)))
+    assert [float(r["time_s"]) for r in rows] == pytest.approx([i / RATE for i in range(len(clip.order))], abs=1e-6)
+    blank = rows.pop(clip.blank)
+    assert blank["status"] == "no face" and blank["face"] == "" and blank["prob_AU1"] == ""
+    assert all(r["status"] == "ok" and r["face"] == "0" and r["models"] == "final" for r in rows)
+    assert f"1 video ({len(clip.order)} frames predicted), {len(rows)} faces" in out
+    assert "1 video frame without a prediction: 1 no face" in out
+    assert "frames/s" in err  # the speed of each video is reported (not under --quiet)
+
+    # each frame gets exactly the probabilities of its photo, predicted as a photo
+    assert run_predict(final_run.dir, *clip.photos, "--landmarks", ck.landmarks, "--out", tmp_path / "p.csv",
+                       "--quiet") == 0
+    as_photo = by_file(read_rows(tmp_path / "p.csv"))
+    expected = [as_photo[str(p)] for p in clip.order if p is not None]
+    np.testing.assert_allclose(probs_of(rows, final_run.aus), probs_of(expected, final_run.aus), rtol=0, atol=1e-6)
+    assert [[r[k] for k in ("x0", "y0", "x1", "y1")] for r in rows] == \
+           [[r[k] for k in ("x0", "y0", "x1", "y1")] for r in expected]
+    assert all(e["frame"] == e["time_s"] == "" for e in expected)  # photos have no frame or time
+
+
+def test_every_nth_frame_and_batches_give_the_same_rows(final_run, clip, pixels_finder, tmp_path, capsys,
+                                                        monkeypatch):
+    assert run_predict(final_run.dir, clip.path, "--out", tmp_path / "all.csv", "--quiet") == 0
+    every = {r["frame"]: r for r in read_rows(tmp_path / "all.csv")}
+    sizes = []
+    real = predict.HeldEnsemble.__call__
+    monkeypatch.setattr(predict.HeldEnsemble, "__call__",
+                        lambda self, crops: sizes.append(len(crops)) or real(self, crops))
+    rc, out, _ = call(capsys, final_run.dir, clip.path, "--every", "3", "-b", "2", "--out", tmp_path / "3.csv")
+    rows = read_rows(tmp_path / "3.csv")
+    kept = list(range(0, len(clip.order), 3))
+    assert rc == 0 and f"({len(kept)} frames predicted)" in out
+    assert [int(r["frame"]) for r in rows] == kept
+    assert [float(r["time_s"]) for r in rows] == pytest.approx([i / RATE for i in kept], abs=1e-6)
+    same = [every[r["frame"]] for r in rows]
+    assert [{k: v for k, v in r.items() if not k.startswith("prob_")} for r in rows] == \
+           [{k: v for k, v in r.items() if not k.startswith("prob_")} for r in same]
+    faces = [r for r in rows if r["status"] == "ok"]
+    np.testing.assert_allclose(probs_of(faces, final_run.aus), probs_of([every[r["frame"]] for r in faces],
+                                                                        final_run.aus), rtol=0, atol=1e-6)
+    assert max(sizes) == 2 and sum(sizes) == sum(r["status"] == "ok" for r in rows)  # -b bounds the faces held
+
+
+def moving_average(values: np.ndarray, position: list[int], k: int) -> np.ndarray:
+    """The documented --smooth: the mean over the face's predicted frames within k // 2 of each."""
+    position = np.array(position)
+    return np.array([values[np.abs(position - p) <= k // 2].mean(axis=0) for p in position])
+
+
+def test_smooth_adds_centred_moving_averages_and_keeps_the_raw_values(final_run, clip, pixels_finder, tmp_path,
+                                                                      capsys):
+    assert run_predict(final_run.dir, clip.path, "--out", tmp_path / "raw.csv", "--quiet") == 0
+    raw_rows = read_rows(tmp_path / "raw.csv")
+    for k, every in ((3, 1), (5, 1), (3, 2)):
+        out = tmp_path / f"s{k}-{every}.csv"
+        assert run_predict(final_run.dir, clip.path, "--smooth", k, "--every", every, "--out", out, "--quiet") == 0
+        rows = read_rows(out)
+        header = list(rows[0])
+        names = [f"AU{a}" for a in final_run.aus]
+        assert header[-4 * len(names):] == [*(f"prob_{n}" for n in names), *(f"on_{n}" for n in names),
+                                            *(f"smooth_prob_{n}" for n in names), *(f"smooth_on_{n}" for n in names)]
+        blank = [r for r in rows if r["status"] == "no face"]
+        assert all(r["smooth_prob_AU1"] == "" for r in blank)
+        faces = [r for r in rows if r["status"] == "ok"]
+        raw = probs_of(faces, final_run.aus)
+        np.testing.assert_array_equal(raw, probs_of([raw_rows[int(r["frame"])] for r in faces], final_run.aus))
+        smoothed = np.array([[float(r[f"smooth_prob_{n}"]) for n in names] for r in faces])
+        position = [int(r["frame"]) // every for r in faces]
+        expected = moving_average(raw, position, k)
+        np.testing.assert_allclose(smoothed, expected, rtol=0, atol=1e-12)
+        on = np.array([[int(r[f"smooth_on_{n}"]) for n in names] for r in faces])
+        assert (on == (smoothed > 0.5)).all()
+        # at the first frame only the frames after it count; beside the blank frame only one side
+        assert smoothed[0] == pytest.approx(raw[: k // 2 + 1].mean(0), abs=1e-12)
+        assert np.abs(smoothed - raw).max() > 1e-4  # it did smooth something
+
+
+def test_a_broken_video_gets_a_row_and_the_rest_go_on(final_run, clip, ck, pixels_finder, tmp_path, capsys):
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    data = clip.path.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) * 2 // 5])  # a copy that stopped part way
+    photo = clip.photos[0]
+    rc, out, err = call(capsys, final_run.dir, garbage, cut, clip.path, photo, "--out", tmp_path / "p.csv")
+    rows = read_rows(tmp_path / "p.csv")
+    assert rc == 0
+    [bad] = [r for r in rows if r["file"] == str(garbage)]
+    assert bad["status"].startswith("unreadable video: not a video file") and bad["frame"] == "" and bad["prob_AU1"] == ""
+    partial = [r for r in rows if r["file"] == str(cut)]
+    assert 0 < len(partial) - 1 < len(clip.order)
+    assert [int(r["frame"]) for r in partial[:-1]] == list(range(len(partial) - 1))  # the frames it has
+    assert partial[-1]["status"].startswith("video cut short: only") and partial[-1]["frame"] == ""
+    assert sum(r["file"] == str(clip.path) for r in rows) == len(clip.order)  # the next video, whole
+    assert [r["file"] for r in rows][-1] == str(photo) and rows[-1]["status"] == "ok"  # rows in the order given
+    assert "garbage.mp4" in err and "cut.mkv" in err
+    assert "2 videos with a problem: 1 unreadable video, 1 video cut short" in out
+
+
+def test_a_rotated_video_is_turned_upright(final_run, clip, pixels_finder, tmp_path, capsys):
+    """Phones store portrait video sideways with a display rotation: frames are turned as a player turns them."""
+    photos = clip.photos[:2]
+    sideways = [Image.open(p).transpose(Image.Transpose.ROTATE_270) for p in photos]  # stored turned clockwise
+    rotated = write_video(tmp_path / "phone.mkv", sideways, rotation=90)  # shown turned back, counterclockwise
+    upright = write_video(tmp_path / "upright.mkv", [Image.open(p) for p in photos])
+    rc, _, _ = call(capsys, final_run.dir, rotated, upright, "--out", tmp_path / "p.csv")
+    rows = read_rows(tmp_path / "p.csv")
+    assert rc == 0 and [r["status"] for r in rows] == ["ok"] * 4
+    np.testing.assert_allclose(probs_of(rows[:2], final_run.aus), probs_of(rows[2:], final_run.aus), atol=1e-6)
+
+
+def test_draw_writes_an_annotated_video_and_a_plot_per_video(final_run, clip, pixels_finder, tmp_path, capsys):
+    drawn = tmp_path / "drawn"
+    rc, out, _ = call(capsys, final_run.dir, clip.path, "--every", "2", "--smooth", "3", "--out",
+                      tmp_path / "p.csv", "--draw", drawn)
+    assert rc == 0 and f"drawings: {drawn}" in out
+    frames_out = decoded_frames(drawn / "clip.mp4")
+    kept = list(range(0, len(clip.order), 2))
+    assert len(frames_out) == len(kept)  # the predicted frames, at 25 / 2 frames per second
+    av = pytest.importorskip("av", reason=AV_MISSING)
+    with av.open(str(drawn / "clip.mp4")) as container:
+        assert container.streams.video[0].average_rate == RATE / 2
+    source = decoded_frames(clip.path)
+    for index, drawn_frame in zip(kept, frames_out):
+        assert drawn_frame.shape == source[index].shape
+        green = (drawn_frame[..., 1].astype(int) - drawn_frame[..., 0] > 100).sum()
+        assert green > 200 if index != clip.blank else green < 50  # the face box, on frames with a face
+    with Image.open(drawn / "clip_aus.png") as plot:
+        assert plot.format == "PNG" and plot.height > plot.width / 2  # a panel per AU, stacked
+
+
+def test_videos_need_dlib_even_with_landmark_files(final_run, clip, ck, tmp_path, capsys, monkeypatch):
+    """--landmarks covers photos (files are named after images); a video's faces come from dlib,
+    and without dlib each video gets a row saying so while the photos are still predicted."""
+    monkeypatch.setitem(sys.modules, "dlib", None)
+    rc, out, err = call(capsys, final_run.dir, clip.path, clip.photos[0], "--landmarks", ck.landmarks,
+                        "--out", tmp_path / "p.csv")
+    video_row, photo_row = read_rows(tmp_path / "p.csv")
+    assert rc == 0 and photo_row["status"] == "ok"
+    assert video_row["status"].startswith("no face detector: videos need dlib")
+    assert "pip install -r requirements-predict.txt" in video_row["status"] and "clip.mkv" in err
+
+
+def test_without_pyav_a_video_gets_a_row_saying_what_to_install(final_run, ck, tmp_path, capsys, monkeypatch):
+    (tmp_path / "clip.mp4").write_bytes(b"not decoded")
+    monkeypatch.setitem(sys.modules, "av", None)
+    monkeypatch.setattr(predict, "face_finder", lambda args: (lambda path, gray: []))
+    rc, out, _ = call(capsys, final_run.dir, tmp_path, "--out", tmp_path / "p.csv")  # found in a folder too
+    [row] = read_rows(tmp_path / "p.csv")
+    assert rc == 0 and row["status"] == f"unreadable video: {AV_MISSING}"
+
+
+def test_video_flags_are_checked(final_run, ck, tmp_path, capsys):
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"checked before any file is read")
+    assert "--every" in expect_user_error(capsys, final_run.dir, clip, "--every", "0")
+    for k in ("1", "4"):
+        assert "--smooth K must be an odd number" in expect_user_error(capsys, final_run.dir, clip, "--smooth", k)
+    # on photos alone they would do nothing: said, not silently ignored
+    rc, _, err = call(capsys, final_run.dir, frames(ck)[0], "--landmarks", ck.landmarks, "--every", "2",
+                      "--out", tmp_path / "p.csv")
+    assert rc == 0 and "--every and --smooth apply to videos" in err
+
+
+def test_faces_keep_their_numbers_by_overlap():
+    def faces(*xs):
+        return [predict.Face((x, 0.0, x + 10.0, 10.0), np.zeros((68, 2))) for x in xs]
+
+    numbers = predict.FaceNumbers()
+    assert numbers(faces(0, 50)) == [0, 1]
+    assert numbers(faces(100, 52, 2)) == [2, 1, 0]  # any order in, the same faces out; a new face far away
+    assert numbers(faces(53)) == [1]  # faces 0 and 2 missing in this frame
+    assert numbers(faces(3, 54)) == [0, 1]  # face 0 back near where it was last seen
+    assert numbers(faces(30)) == [3]  # overlapping nobody's last box by 30%: a new face
+
+
+def astronaut_frames(photo: Path, canvas: tuple[int, int], where: list[list[tuple[int, int]]]) -> list[Image.Image]:
+    """Frames of a gray canvas with the astronaut's head pasted at each frame's positions."""
+    head = Image.open(photo).convert("RGB").crop((96, 0, 352, 256)).resize((160, 160))
+    frames = []
+    for spots in where:
+        frame = Image.new("RGB", canvas, (120, 120, 120))
+        for xy in spots:
+            frame.paste(head, xy)
+        frames.append(frame)
+    return frames
+
+
+def test_dlib_follows_faces_across_frames_as_it_finds_them_in_photos(astronaut, final_run, tmp_path, capsys):
+    """Two faces moving right; the left one is missing in frame 2 and back in frame 3 near where
+    it was. Each keeps its number, and every face gets the probabilities its frame gets as a photo."""
+    detector()  # skips when the shape predictor is missing
+    where = [[(10, 40), (250, 40)], [(30, 40), (270, 40)], [(290, 40)], [(50, 40), (310, 40)]]
+    images = astronaut_frames(astronaut, (480, 240), where)
+    path = write_video(tmp_path / "two.mkv", images)
+    photos = []
+    for i, image in enumerate(images):
+        photos.append(tmp_path / f"frame{i}.png")
+        image.save(photos[-1])
+    rc, out, _ = call(capsys, final_run.dir, path, *photos, "--out", tmp_path / "p.csv")
+    rows = read_rows(tmp_path / "p.csv")
+    video_rows = [r for r in rows if r["file"] == str(path)]
+    assert rc == 0 and all(r["status"] == "ok" for r in rows)
+    assert [(int(r["frame"]), int(r["face"])) for r in video_rows] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 1),
+                                                                       (3, 0), (3, 1)]
+    right = [float(r["x0"]) for r in video_rows if r["face"] == "1"]
+    assert (np.diff(right) > 0).all() and right[-1] - right[0] == pytest.approx(60, abs=10)  # it follows the face
+    # photo rows: faces numbered left to right within the frame, as always for photos
+    photo_rows = [r for r in rows if r["file"] != str(path)]
+    assert [r["face"] for r in photo_rows] == ["0", "1", "0", "1", "0", "0", "1"]
+    key = lambda r: (r["x0"], r["y0"])  # noqa: E731  (the same face: the same box)
+    assert sorted(map(key, video_rows)) == sorted(map(key, photo_rows))
+    for frame, photo in enumerate(photos):
+        got = sorted((key(r), r) for r in video_rows if int(r["frame"]) == frame)
+        want = sorted((key(r), r) for r in photo_rows if r["file"] == str(photo))
+        np.testing.assert_allclose(probs_of([r for _, r in got], final_run.aus),
+                                   probs_of([r for _, r in want], final_run.aus), rtol=0, atol=1e-6)
