@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -279,7 +280,7 @@ def train(args: argparse.Namespace) -> dict | None:
     if args.amp and device.type != "cuda":
         log.warning("--amp needs CUDA; training in float32 on %s", device)
     models.model_config(args.model)  # an unknown model fails here, before any data is read
-    run_dir = resume_dir or runs.new_run_dir(args)
+    run_dir = args.run_dir = resume_dir or runs.new_run_dir(args)
     if resume_dir is None:
         runs.check_run_dir(run_dir, args)
     check_model_input(args)
@@ -452,7 +453,20 @@ def main(args: argparse.Namespace) -> dict | None:
         prepare_demo(args)
     if args.evaluate:
         return evaluate_run(args)
-    return train(args)
+    results = train(args)
+    if args.demo and results is not None:
+        print(next_steps(args.run_dir))
+    return results
+
+
+def next_steps(run_dir: Path) -> str:
+    """What a newcomer runs after the demo: their own copy, -e, predict.py."""
+    run = shlex.quote(str(run_dir))
+    return ("\nnext:\n"
+            "  python main.py CK+/cohn-kanade-images CK+/FACS_labels/FACS CK+/Landmarks/Landmarks --model res18"
+            "   # train on your CK+ copy\n"
+            f"  python main.py -e --resume {run}   # evaluate this run's checkpoints again\n"
+            f"  python predict.py {run} photo.jpg --out predictions.csv   # AUs on your photos")
 
 
 def cli(argv: list[str] | None = None) -> int:
