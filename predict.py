@@ -7,7 +7,8 @@
 A run folder predicts with its final model (main.py --final) when it has one, otherwise with
 the mean probability of its fold models; a checkpoint file predicts with that model alone.
 Every face goes through exactly the preprocessing the run trained with: the crop from its 68
-landmarks, gray, the run's input size and normalisation. The CSV has one row per face, and one
+landmarks, gray, the run's input size and normalisation, and the run's test-time augmentation
+(--tta flip: the mean of each face and its mirror image). The CSV has one row per face, and one
 row for each image that gave none, saying why.
 
 Reads top to bottom: arguments, the images, the faces in them, the models, the rows and
@@ -79,6 +80,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="also write each image with its face boxes, landmarks and the AUs that are on")
     p.add_argument("--threshold", type=float, metavar="P", default=None,
                    help="an AU is on when its probability is above P (default: the run's --threshold)")
+    p.add_argument("--tta", choices=engine.TTA_MODES, default=None,
+                   help="test-time augmentation: flip averages the probabilities of each face and its mirror image "
+                        "(default: the run's --tta)")
     p.add_argument("-b", "--batch-size", type=int, metavar="N", default=32, help="faces per forward pass")
     p.add_argument("--device", default="auto", metavar="DEV", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors; no progress bar")
@@ -309,6 +313,7 @@ class Ensemble:
     aus: list[int]
     settings: dict  # the run's args: crop, margin, image_size, norm, threshold, ...
     threshold: float
+    tta: str = "none"  # test-time augmentation: the run's --tta, or predict.py's
 
     @property
     def mean_std(self) -> tuple[tuple, tuple]:
@@ -335,15 +340,20 @@ def checkpoint_paths(path: Path) -> tuple[list[Path], str | None]:
     return folds, f"mean of {len(folds)} folds"
 
 
-def open_ensemble(path: Path, threshold: float | None) -> Ensemble:
+def open_ensemble(path: Path, threshold: float | None, tta: str | None = None) -> Ensemble:
     """Which models predict, with the settings their inputs need; reads the first checkpoint
-    (the models themselves are loaded one at a time later, so a 10-fold VGG fits in memory)."""
+    (the models themselves are loaded one at a time later, so a 10-fold VGG fits in memory).
+    `tta` None: the run's own test-time augmentation."""
     paths, description = checkpoint_paths(path)
     ckpt = runs.load_checkpoint(paths[0])
     settings = ckpt.get("args")
     if not isinstance(settings, dict) or any(k not in settings for k in INPUT_SETTINGS):
         raise UserError(f"{paths[0]} holds no run settings (crop, image size, normalisation): it was not written "
                         f"by this main.py; retrain")
+    settings = runs.saved_settings(settings)
+    if tta is not None and tta != settings["tta"]:
+        log.warning("predicting with --tta %s; the run was trained and scored with --tta %s", tta, settings["tta"])
+    tta = tta or settings["tta"]
     if description is None:
         is_final = ckpt.get("fold") is not None and ckpt.get("fold") == ckpt.get("kfold")
         description = "final checkpoint" if is_final else f"fold{ckpt.get('fold')} checkpoint"
@@ -356,7 +366,10 @@ def open_ensemble(path: Path, threshold: float | None) -> Ensemble:
     kfold = settings.get("kfold")
     if description.startswith("mean of") and kfold and len(paths) < kfold:
         log.warning("%s has %d of its %d fold checkpoints: predicting with the mean of those", path, len(paths), kfold)
-    return Ensemble(paths, description, ckpt["arch"], [int(a) for a in ckpt["aus"]], settings, float(threshold))
+    if tta == "flip":
+        description += ", flip TTA"
+    return Ensemble(paths, description, ckpt["arch"], [int(a) for a in ckpt["aus"]], settings, float(threshold),
+                    tta)
 
 
 def check_same_run(ckpt: dict, path: Path, ensemble: Ensemble) -> None:
@@ -373,14 +386,11 @@ def check_same_run(ckpt: dict, path: Path, ensemble: Ensemble) -> None:
 
 @torch.no_grad()
 def predict_crops(model: models.AUNet, crops: torch.Tensor, mean, std, device: torch.device,
-                  batch_size: int) -> np.ndarray:
-    """Sigmoid probabilities (N, A) of uint8 crops (N, 1, S, S), normalised as in training."""
-    model.eval()
-    out = []
-    for chunk in crops.split(batch_size):
-        x = preprocess.prepare_batch(chunk.to(device), mean, std)
-        out.append(torch.sigmoid(model(x).float()).cpu())
-    return torch.cat(out).numpy()
+                  batch_size: int, tta: str = "none") -> np.ndarray:
+    """Sigmoid probabilities (N, A) of uint8 crops (N, 1, S, S), normalised as in training, and
+    evaluated as main.py evaluates (engine.evaluate), mirror images included with tta="flip"."""
+    inputs = engine.Inputs(labels=torch.zeros(len(crops), model.num_aus), images=crops, mean=mean, std=std)
+    return engine.evaluate(model, inputs, torch.arange(len(crops)), device, batch_size, tta=tta)
 
 
 def ensemble_probs(ensemble: Ensemble, crops: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
@@ -394,7 +404,7 @@ def ensemble_probs(ensemble: Ensemble, crops: np.ndarray, device: torch.device, 
         epochs = ckpt.get("args", {}).get("epochs")
         if epochs and ckpt["epoch"] + 1 < epochs:
             log.warning("%s stopped at epoch %d of %d: its training is not finished", path, ckpt["epoch"] + 1, epochs)
-        total += predict_crops(model.to(device), images, mean, std, device, batch_size)
+        total += predict_crops(model.to(device), images, mean, std, device, batch_size, ensemble.tta)
         del model
     return total / len(ensemble.checkpoints)
 
@@ -484,7 +494,7 @@ def main(args: argparse.Namespace) -> dict:
     check_args(args)
     device = engine.resolve_device(args.device)
     images = find_images(args.images)
-    ensemble = open_ensemble(Path(args.model), args.threshold)
+    ensemble = open_ensemble(Path(args.model), args.threshold, args.tta)
     finder = face_finder(args)
 
     located = [locate_faces(path, finder, ensemble.settings) for path in progress(images, args.quiet)]
