@@ -53,8 +53,24 @@ class DataError(UserError):
 
 
 @dataclass
+class Frame:
+    """A frame of a sequence before its peak, with its own landmarks (for --frames N)."""
+
+    subject: str
+    sequence: str
+    frame: int
+    image_path: Path
+    landmarks: np.ndarray = field(repr=False)
+
+    @property
+    def id(self) -> str:
+        return f"{self.subject}_{self.sequence}_{self.frame:08d}"  # the frame's file stem
+
+
+@dataclass
 class Sequence:
-    """One CK+ sequence, reduced to its FACS-coded peak frame."""
+    """One CK+ sequence: its FACS-coded peak frame, and (index_ckplus(frames=N)) the N-1 frames
+    just before it, which carry the peak's labels in training."""
 
     subject: str
     sequence: str
@@ -63,6 +79,7 @@ class Sequence:
     landmarks: np.ndarray = field(repr=False)
     aus: dict[int, float]
     emotion: int | None = None
+    earlier: list[Frame] = field(default_factory=list, repr=False)
 
     @property
     def id(self) -> str:
@@ -197,11 +214,15 @@ def index_ckplus(
     *,
     emotion_dir: str | os.PathLike | None = None,
     skip_bad: bool = False,
+    frames: int = 1,
 ) -> list[Sequence]:
     """One record per sequence that has a FACS file, sorted by subject and sequence.
 
     A bad sequence raises DataError naming the file; with `skip_bad` it is logged as a
-    warning and left out, and a summary says how many were skipped and why.
+    warning and left out, and a summary says how many were skipped and why. `frames` > 1 also
+    lists the frames-1 frames before each peak (`Sequence.earlier`, fewer where a sequence is
+    shorter), each with its landmark file; a bad one is an error too, and with `skip_bad` only
+    that frame is left out.
     """
     dirs = {"DATA_DIR": Path(data_dir), "LABEL_DIR": Path(label_dir), "LANDMARK_DIR": Path(landmark_dir)}
     for role, path in dirs.items():
@@ -215,29 +236,42 @@ def index_ckplus(
         _check_dir(Path(emotion_dir), "EMOTION_DIR")
         emotions = _scan(Path(emotion_dir))["emotion"]
 
-    frames: dict[tuple[str, str], dict[int, Path]] = defaultdict(dict)
+    frame_paths: dict[tuple[str, str], dict[int, Path]] = defaultdict(dict)
     for (subject, seq, frame), path in scans["DATA_DIR"]["frame"].items():
-        frames[subject, seq][frame] = path
+        frame_paths[subject, seq][frame] = path
     landmarks = scans["LANDMARK_DIR"]["landmarks"]
     emotion_by_seq = {(s, q): p for (s, q, _), p in emotions.items()}
 
     records: list[Sequence] = []
     skipped: list[DataError] = []
+    skipped_frames: list[DataError] = []
     for (subject, seq, facs_frame), facs_path in sorted(scans["LABEL_DIR"]["facs"].items()):
+        seq_frames = frame_paths.get((subject, seq), {})
         try:
-            records.append(
-                _make_record(subject, seq, facs_frame, facs_path, frames.get((subject, seq), {}),
-                             landmarks, emotion_by_seq.get((subject, seq)), dirs)
-            )
+            record = _make_record(subject, seq, facs_frame, facs_path, seq_frames, landmarks,
+                                  emotion_by_seq.get((subject, seq)), dirs)
         except DataError as e:
             if not skip_bad:
                 raise
             log.warning("skipping %s_%s: %s", subject, seq, e)
             skipped.append(e)
+            continue
+        for number in _earlier_frames(seq_frames, record.frame, frames) if frames > 1 else ():
+            try:
+                record.earlier.append(_make_frame(subject, seq, number, seq_frames[number], landmarks, dirs))
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                log.warning("skipping frame %d of %s_%s: %s", number, subject, seq, e)
+                skipped_frames.append(e)
+        records.append(record)
     if skipped:
         reasons = Counter(e.reason for e in skipped)
         detail = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
         log.warning("skipped %d of %d sequences (--skip-bad): %s", len(skipped), len(skipped) + len(records), detail)
+    if skipped_frames:
+        log.warning("skipped %d frames before the peaks (--skip-bad); their sequences train on the rest",
+                    len(skipped_frames))
     if not records:
         raise UserError(f"no usable CK+ sequences in {dirs['LABEL_DIR']}: every FACS file was skipped (see the warnings above)")
     return records
@@ -278,6 +312,23 @@ def _make_record(subject, seq, facs_frame, facs_path, seq_frames, landmarks, emo
         aus=read_facs(facs_path),
         emotion=read_emotion(emotion_path) if emotion_path is not None else None,
     )
+
+
+def _earlier_frames(numbers: Iterable[int], peak: int, frames: int) -> list[int]:
+    """The frames-1 frame numbers just before the peak (all there are in a shorter sequence)."""
+    before = sorted(n for n in numbers if n < peak)
+    return before[max(0, len(before) - (frames - 1)):]
+
+
+def _make_frame(subject, seq, number, image_path, landmarks, dirs) -> Frame:
+    lmk_path = landmarks.get((subject, seq, number))
+    if lmk_path is None:
+        raise DataError(
+            f"no landmark file {ckplus.file_name('landmarks', subject, seq, number)} for the frame {image_path} "
+            f"under {dirs['LANDMARK_DIR']}: restore it, lower --frames, or pass --skip-bad",
+            "no landmarks",
+        )
+    return Frame(subject, seq, number, image_path, read_landmarks(lmk_path))
 
 
 # ----------------------------------------------------------------------------- labels
@@ -411,7 +462,7 @@ def _load_cache(path: Path, records: Seq[Sequence], size: int):
 
 
 def load_crops(
-    records: Seq[Sequence],
+    records: Seq[Sequence] | Seq[Frame],
     *,
     size: int,
     crop: str = "square",
@@ -419,13 +470,18 @@ def load_crops(
     cache_dir: str | os.PathLike | None = None,
     workers: int = 0,
     skip_bad: bool = False,
-) -> tuple[list[Sequence], np.ndarray]:
+    what: str = "sequences",
+) -> tuple[list[Sequence] | list[Frame], np.ndarray]:
     """Decode, crop and resize every peak frame once -> (kept records, uint8 (N, size, size)).
 
     The result is cached in `cache_dir` (None: no disk cache) under a key made of the crop
     settings and every frame's path, size and mtime plus its landmarks, so a second run
     reads one file and decodes no PNG, and a changed frame or setting misses the cache.
+    `records` may also be the `Frame`s before the peaks (`what="frames"`): their own cache
+    file, and a bad one leaves out only itself (none at all is no error).
     """
+    if not records and what == "frames":
+        return [], np.zeros((0, size, size), dtype=np.uint8)
     cache_path = None
     if cache_dir is not None:
         cache_path = Path(cache_dir) / f"crops-{_cache_key(records, size, crop, margin)}.npz"
@@ -460,10 +516,11 @@ def load_crops(
             kept.append(r)
             images.append(res)
     if skipped:
-        log.warning("skipped %d of %d sequences whose frames could not be used (--skip-bad)", len(skipped), len(records))
-    if not kept:
+        whose = "whose frames" if what == "sequences" else "before the peaks that"
+        log.warning("skipped %d of %d %s %s could not be used (--skip-bad)", len(skipped), len(records), what, whose)
+    if not kept and what != "frames":
         raise UserError("no usable frames: every peak frame failed to decode (see the warnings above)")
-    array = np.stack(images)
+    array = np.stack(images) if images else np.zeros((0, size, size), dtype=np.uint8)
     if cache_path is not None and _save_cache(cache_path, kept, array, skipped):
         evict_crops(cache_path.parent, keep=cache_path)
     return kept, array
@@ -548,12 +605,15 @@ def evict_crops(cache_dir: Path, keep: Path) -> list[Path]:
 
 
 class CKPlusDataset:
-    """Peak-frame face crops (uint8, held in memory) with multi-hot AU labels.
+    """Face crops (uint8, held in memory) with multi-hot AU labels, one row per image.
 
-    `images` is (N, 1, size, size) uint8 and `labels` (N, A) float32, both tensors, so a
-    training loop indexes whole batches directly (no DataLoader: nothing is decoded per epoch).
-    Normalisation happens later, per batch, on the training device (preprocess.prepare_batch).
-    `ids` and `subjects` are lists in the same order.
+    The first N rows are the N sequences' peak frames, in the order of `records`, `ids` and
+    `subjects` (so row i is sequence i, and `len(data)` is N); after them come the frames
+    before the peaks that `index_ckplus(frames=...)` listed, each labelled with its sequence's
+    AUs, and `row_sequence` says which sequence each row belongs to. `images` is
+    (rows, 1, size, size) uint8 and `labels` (rows, A) float32, both tensors, so a training loop
+    indexes whole batches directly (no DataLoader: nothing is decoded per epoch). Normalisation
+    happens later, per batch, on the training device (preprocess.prepare_batch).
     """
 
     def __init__(
@@ -571,10 +631,28 @@ class CKPlusDataset:
         self.aus = list(aus)
         self.records, crops = load_crops(records, size=size, crop=crop, margin=margin,
                                          cache_dir=cache_dir, workers=workers, skip_bad=skip_bad)
+        labels = encode_labels(self.records, self.aus)
+        self.row_sequence = np.arange(len(self.records))
+        earlier = [(i, f) for i, r in enumerate(self.records) for f in r.earlier]
+        if earlier:
+            kept, extra = load_crops([f for _, f in earlier], size=size, crop=crop, margin=margin, cache_dir=cache_dir,
+                                     workers=workers, skip_bad=skip_bad, what="frames")
+            owner = {id(f): i for i, f in earlier}
+            extra_rows = np.array([owner[id(f)] for f in kept], dtype=np.int64)
+            crops = np.concatenate([crops, extra])
+            labels = np.concatenate([labels, labels[extra_rows]])
+            self.row_sequence = np.concatenate([self.row_sequence, extra_rows])
         self.images = torch.from_numpy(crops).unsqueeze(1)
-        self.labels = torch.from_numpy(encode_labels(self.records, self.aus))
+        self.labels = torch.from_numpy(labels)
         self.ids = [r.id for r in self.records]
         self.subjects = [r.subject for r in self.records]
 
     def __len__(self) -> int:
+        """The number of sequences (rows beyond it are frames before the peaks)."""
         return len(self.records)
+
+    def rows_of(self, sequences: np.ndarray) -> np.ndarray:
+        """The rows (peak frames, then earlier frames) of the sequences `sequences`, for training."""
+        if len(self.row_sequence) == len(self.records):
+            return np.asarray(sequences, dtype=np.int64)  # peaks only: row i is sequence i
+        return np.flatnonzero(np.isin(self.row_sequence, sequences))

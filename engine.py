@@ -48,12 +48,15 @@ def resolve_device(name: str) -> torch.device:
 # ----------------------------------------------------------------------------- data and folds
 
 
-def load_data(args: argparse.Namespace) -> tuple[dataset.CKPlusDataset, list[int]]:
-    """The run's sequences (face crops and labels) and the AUs it recognises."""
+def load_data(args: argparse.Namespace, training: bool = True) -> tuple[dataset.CKPlusDataset, list[int]]:
+    """The run's sequences (face crops and labels) and the AUs it recognises; for training, with
+    the --frames N-1 frames before each peak (evaluation scores the peaks alone)."""
     for role in ("data_dir", "label_dir", "landmark_dir"):
         if not getattr(args, role):
             raise UserError("give DATA_DIR LABEL_DIR LANDMARK_DIR (the three CK+ folders), or --demo")
-    records = dataset.index_ckplus(args.data_dir, args.label_dir, args.landmark_dir, skip_bad=args.skip_bad)
+    frames = args.frames if training else 1
+    records = dataset.index_ckplus(args.data_dir, args.label_dir, args.landmark_dir, skip_bad=args.skip_bad,
+                                   frames=frames)
     aus = dataset.select_aus(records, aus=None if args.aus is None else dataset.parse_au_list(args.aus),
                              min_count=args.min_count)
     data = dataset.CKPlusDataset(
@@ -66,6 +69,10 @@ def load_data(args: argparse.Namespace) -> tuple[dataset.CKPlusDataset, list[int
                     ", ".join(missing))
     log.info("%d sequences from %d subjects; AUs %s", len(data), len(set(data.subjects)),
              " ".join(f"AU{a}" for a in aus))
+    if frames > 1:
+        per_sequence = np.bincount(data.row_sequence, minlength=len(data))
+        log.info("--frames %d: %d training images, the last %d frames of each sequence (%d sequences have fewer)",
+                 frames, len(data.row_sequence), frames, int((per_sequence < frames).sum()))
     return data, aus
 
 
@@ -98,22 +105,28 @@ def make_folds(subjects: list[str], kfold: int, split: str) -> list[np.ndarray]:
 class Inputs:
     """What a fold trains on: uint8 crops normalised per batch on the device, or, with a frozen
     backbone and no augmentation, the backbone's features of every image (computed once per
-    run by `make_inputs`), in which case only the model's head runs (`forward`)."""
+    run by `make_inputs`), in which case only the model's head runs (`forward`). With --tta
+    flip the features of the mirrored peak frames are computed once too."""
 
     labels: torch.Tensor
     images: torch.Tensor
     features: torch.Tensor | None = None
+    flipped_features: torch.Tensor | None = None
     mean: tuple = (0.5, 0.5, 0.5)
     std: tuple = (0.5, 0.5, 0.5)
     augment: bool = False
     channels_last: bool = False
 
-    def batch(self, idx: torch.Tensor, device: torch.device, generator: torch.Generator | None, train: bool):
+    def batch(self, idx: torch.Tensor, device: torch.device, generator: torch.Generator | None, train: bool,
+              flip: bool = False):
+        """The rows `idx` as the model takes them; `flip`: their mirror images (for --tta flip)."""
         if self.features is not None:
-            return self.features[idx].to(device, non_blocking=True)
+            features = self.flipped_features if flip else self.features
+            return features[idx].to(device, non_blocking=True)
         x = self.images[idx].to(device, non_blocking=True)
-        return preprocess.prepare_batch(x, self.mean, self.std, augment=self.augment and train,
-                                        generator=generator, channels_last=self.channels_last)
+        x = preprocess.prepare_batch(x, self.mean, self.std, augment=self.augment and train,
+                                     generator=generator, channels_last=self.channels_last)
+        return x.flip(-1) if flip else x
 
     def forward(self, model: models.AUNet, x: torch.Tensor):
         """The model on a batch: the head alone on cached features, the whole model on images."""
@@ -143,13 +156,20 @@ def make_inputs(data: dataset.CKPlusDataset, args: argparse.Namespace, device: t
                                        backbone_state=frozen_backbone).to(device).eval()
         if inputs.channels_last:
             extractor.to(memory_format=torch.channels_last)
-        with torch.no_grad():
+
+        @torch.no_grad()
+        def features(rows: int, flip: bool) -> torch.Tensor:
             chunks = []
-            for idx in torch.arange(len(data)).split(max(args.batch_size, 64)):
+            for idx in torch.arange(rows).split(max(args.batch_size, 64)):
                 with autocast(device, args.amp):
-                    chunks.append(extractor.forward_features(inputs.batch(idx, device, None, train=False)).float())
-        inputs.features = torch.cat(chunks)
-        log.info("frozen backbone: features of %d images computed once in %.1fs", len(data),
+                    x = inputs.batch(idx, device, None, train=False, flip=flip)
+                    chunks.append(extractor.forward_features(x).float())
+            return torch.cat(chunks)
+
+        # Both from images: once `inputs.features` is set, `inputs.batch` hands out features.
+        flipped = features(len(data), flip=True) if args.tta == "flip" else None  # only peaks are evaluated
+        inputs.features, inputs.flipped_features = features(len(data.labels), flip=False), flipped
+        log.info("frozen backbone: features of %d images computed once in %.1fs", len(data.labels),
                  time.perf_counter() - t0)
     return inputs
 
@@ -164,13 +184,40 @@ def epoch_generator(seed: int, fold: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + fold * 10_007 + epoch)
 
 
-def au_loss(criterion: nn.Module, output, target: torch.Tensor) -> torch.Tensor:
-    """BCE per AU, averaged over the batch and summed over AUs (the original's loss);
-    inception's auxiliary output adds 0.4 of its own loss, as torchvision's recipe does."""
+LOSS_MODES = ("auto", "mean", "sum")
+
+
+def resolve_loss(loss: str, freeze_backbone: bool) -> str:
+    """--loss auto: the original's sum when only the head trains (each AU's head is its own
+    logistic regression at --lr), the mean when a shared backbone trains (so --lr means what it
+    means in torchvision's and timm's recipes, whatever the number of AUs)."""
+    if loss == "auto":
+        return "sum" if freeze_backbone else "mean"
+    return loss
+
+
+def au_loss(criterion: nn.Module, output, target: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """BCE per image and AU (`criterion` has reduction="none"), then `sum`: averaged over the
+    batch and summed over AUs (the original's loss), or `mean`: averaged over both.
+    Inception's auxiliary output adds 0.4 of its own loss, reduced alike, as torchvision's recipe does."""
+    def reduce(loss: torch.Tensor) -> torch.Tensor:
+        return loss.mean() if reduction == "mean" else loss.mean(0).sum()
+
     if isinstance(output, tuple):
         logits, aux = output
-        return criterion(logits, target).mean(0).sum() + models.AUX_WEIGHT * criterion(aux, target).mean(0).sum()
-    return criterion(output, target).mean(0).sum()
+        return reduce(criterion(logits, target)) + models.AUX_WEIGHT * reduce(criterion(aux, target))
+    return reduce(criterion(output, target))
+
+
+def make_optimizer(model: models.AUNet, args) -> torch.optim.SGD:
+    """SGD over two parameter groups: the backbone at --lr x --backbone-lr, the AU head(s) at --lr.
+    A frozen backbone has no group. The backbone's parameters come first, in model order, as
+    in the single list of earlier checkpoints (runs.upgrade_checkpoint splits those)."""
+    backbone = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.")]
+    head = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+    groups = [{"params": backbone, "lr": args.lr * args.backbone_lr, "name": "backbone"}] if backbone else []
+    groups.append({"params": head, "lr": args.lr, "name": "head"})
+    return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
 
 
 def train_one_epoch(model: models.AUNet, criterion: nn.Module, optimizer, scaler, inputs: Inputs,
@@ -186,7 +233,7 @@ def train_one_epoch(model: models.AUNet, criterion: nn.Module, optimizer, scaler
         x = inputs.batch(idx, device, generator, train=True)
         y = inputs.labels[idx].to(device, non_blocking=True)
         with autocast(device, args.amp):
-            loss = au_loss(criterion, inputs.forward(model, x), y)
+            loss = au_loss(criterion, inputs.forward(model, x), y, args.loss)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -197,16 +244,24 @@ def train_one_epoch(model: models.AUNet, criterion: nn.Module, optimizer, scaler
     return (total / max(count, 1)).item()
 
 
+TTA_MODES = ("none", "flip")
+
+
 @torch.no_grad()
 def evaluate(model: models.AUNet, inputs: Inputs, idx: torch.Tensor, device: torch.device, batch_size: int,
-             amp: bool = False) -> np.ndarray:
-    """Sigmoid probabilities (n, A) for the sequences `idx`."""
+             amp: bool = False, tta: str = "none") -> np.ndarray:
+    """Sigmoid probabilities (n, A) for the sequences `idx` (their peak frames); with tta="flip"
+    the mean of the probabilities of each face and of its mirror image."""
     model.eval()
     out = []
     for chunk in idx.split(batch_size):
-        with autocast(device, amp):
-            logits = inputs.forward(model, inputs.batch(chunk, device, None, train=False))
-        out.append(torch.sigmoid(logits.float()).cpu())
+        views = (False, True) if tta == "flip" else (False,)
+        probs = []
+        for flip in views:
+            with autocast(device, amp):
+                logits = inputs.forward(model, inputs.batch(chunk, device, None, train=False, flip=flip))
+            probs.append(torch.sigmoid(logits.float()))
+        out.append((probs[0] if len(probs) == 1 else (probs[0] + probs[1]) / 2).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, inputs.labels.shape[1]), np.float32)
 
 
@@ -248,59 +303,72 @@ class Clock:
         return utils.format_duration(self.done_seconds / self.done * max(self.epochs_left, 0))
 
 
+def fresh_model(args, num_aus: int, start: runs.StartingWeights, frozen_backbone: dict | None) -> models.AUNet:
+    """A fold's model before training: the run's frozen backbone (shared by every fold), or the
+    backbone --weights names (torchvision's weights, a file's, or random), and a fresh head."""
+    if frozen_backbone is not None:
+        return models.build_model(args.model, num_aus, pretrained=False, freeze_backbone=True,
+                                  backbone_state=frozen_backbone)
+    return models.build_model(args.model, num_aus, pretrained=start.name is not None, weights=start.name or "DEFAULT",
+                              freeze_backbone=args.freeze_backbone, backbone_state=start.state)
+
+
 def train_fold(fold: int, train_idx: np.ndarray, test_idx: np.ndarray, data: dataset.CKPlusDataset,
                inputs: Inputs, aus: list[int], args, device: torch.device, fold_dir: Path, clock: Clock,
-               frozen_backbone: dict | None = None) -> np.ndarray:
+               frozen_backbone: dict | None = None, start: runs.StartingWeights | None = None) -> np.ndarray:
     """Train one fold from fresh weights (or its checkpoint) and return its test probabilities.
 
-    With `frozen_backbone` (the run's, shared by every fold) only the head starts fresh."""
+    `train_idx`/`test_idx` are sequences: training takes every row of the training sequences
+    (with --frames, the frames before their peaks too), the test scores their peak frames.
+    With `frozen_backbone` (the run's, shared by every fold) only the head starts fresh;
+    otherwise the model starts from `start` (--weights)."""
     fold_dir.mkdir(parents=True, exist_ok=True)
     utils.clean_temp_files(fold_dir)
     ckpt_path = fold_dir / runs.CHECKPOINT
+    start = start or runs.StartingWeights.none()
     torch.manual_seed(args.seed + fold)  # fresh weights for every fold, the same on a re-run
-    model = models.build_model(args.model, len(aus), pretrained=not args.no_pretrained and frozen_backbone is None,
-                               freeze_backbone=args.freeze_backbone, backbone_state=frozen_backbone)
+    model = fresh_model(args, len(aus), start, frozen_backbone)
     model.to(device)
     if inputs.channels_last:
         model.to(memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.wd)
+    optimizer = make_optimizer(model, args)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.step, gamma=args.gamma)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp and device.type == "cuda")
-    train_t = torch.as_tensor(train_idx, dtype=torch.long)
+    train_t = torch.as_tensor(data.rows_of(train_idx), dtype=torch.long)
     test_t = torch.as_tensor(test_idx, dtype=torch.long)
     pos_weight = positive_weights(data.labels[train_t]).to(device) if args.pos_weight else None
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="none")
     test_ids = [data.ids[i] for i in test_idx]
 
-    start, history = args.start_epoch, []
+    first, history, weights = args.start_epoch, [], start.record
     if ckpt_path.exists():
         ckpt = runs.load_fold_checkpoint(ckpt_path, args, aus, fold, test_ids)
+        runs.upgrade_checkpoint(ckpt, model)
         runs.load_model_state(model, ckpt, ckpt_path)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["lr_scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        start, history = ckpt["epoch"] + 1, ckpt["history"]
-        if start >= args.epochs and ckpt["optimizer"]["state"]:
+        first, history, weights = ckpt["epoch"] + 1, ckpt["history"], ckpt.get("weights", weights)
+        if first >= args.epochs and ckpt["optimizer"]["state"]:
             # finished at a shorter --epochs than it was started with: slim it like any finished fold
             runs.save_checkpoint({**ckpt, "optimizer": runs.slim_optimizer_state(ckpt["optimizer"])}, ckpt_path)
         del ckpt  # its copy of the weights (hundreds of MB for vgg) need not live through the fold
-        if start < args.epochs:
+        if first < args.epochs:
             restart = " (an --epochs extension of a finished fold: momentum restarts from zero)" \
                 if args.momentum and not optimizer.state_dict()["state"] else ""
-            log.info("fold %d: resuming at epoch %d from %s%s", fold, start, ckpt_path, restart)
+            log.info("fold %d: resuming at epoch %d from %s%s", fold, first, ckpt_path, restart)
     else:
         with warnings.catch_warnings():  # stepping the schedule before any optimizer step is the point here
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             for _ in range(args.start_epoch):  # --start-epoch: the schedule starts where the epochs do
                 scheduler.step()
 
-    for epoch in range(start, args.epochs):
+    for epoch in range(first, args.epochs):
         t0 = time.perf_counter()
         generator = epoch_generator(args.seed, fold, epoch)
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))  # dropout
-        lr = optimizer.param_groups[0]["lr"]
-        with clock.bar(len(train_idx), f"fold {fold} epoch {epoch + 1}/{args.epochs}") as progress:
+        lr = optimizer.param_groups[-1]["lr"]  # the head's: --lr as scheduled (the backbone's is --backbone-lr x it)
+        with clock.bar(len(train_t), f"fold {fold} epoch {epoch + 1}/{args.epochs}") as progress:
             loss = train_one_epoch(model, criterion, optimizer, scaler, inputs, train_t, device, args, generator,
                                    progress)
         if not math.isfinite(loss):
@@ -313,10 +381,10 @@ def train_fold(fold: int, train_idx: np.ndarray, test_idx: np.ndarray, data: dat
         history.append({"epoch": epoch, "loss": loss, "lr": lr, "seconds": round(seconds, 3)})
         runs.save_checkpoint(runs.fold_checkpoint(model, optimizer, scheduler, scaler, epoch=epoch, fold=fold,
                                                   args=args, aus=aus, test_ids=test_ids, history=history,
-                                                  finished=epoch == args.epochs - 1), ckpt_path)
+                                                  weights=weights, finished=epoch == args.epochs - 1), ckpt_path)
         utils.write_csv(fold_dir / "metrics.csv", ["epoch", "loss", "lr", "seconds"],
                         [[h["epoch"] + 1, h["loss"], h["lr"], h["seconds"]] for h in history])
         clock.epoch_done(seconds)
         log.info("fold %d epoch %d/%d  loss %.4f  lr %.3g  %.1fs  (%s left)", fold, epoch + 1, args.epochs, loss, lr,
                  seconds, clock.eta())
-    return evaluate(model, inputs, test_t, device, args.batch_size, args.amp)
+    return evaluate(model, inputs, test_t, device, args.batch_size, args.amp, args.tta)

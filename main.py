@@ -33,9 +33,10 @@ from utils import UserError
 
 log = logging.getLogger("au")
 
-# The demo's settings, on dataset.ensure_demo_tree's synthetic CK+.
+# The demo's settings, on dataset.ensure_demo_tree's synthetic CK+. It trains from scratch, and
+# its learning rate was tuned with (and its README table measured with) the original's summed loss.
 DEMO = dict(model="res18", epochs=18, step=6, gamma=0.5, batch_size=16, lr=0.02, kfold=5, image_size=64,
-            no_pretrained=True)
+            weights="none", loss="sum")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -63,6 +64,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="input normalisation: the backbone weights' mean/std, or half (0.5/0.5, the original's) "
                         "(default: weights)")
     d.add_argument("--augment", action="store_true", help="random flips and small affine jitter on training batches")
+    d.add_argument("--frames", type=int, default=1, metavar="N",
+                   help="train on the last N frames of each training sequence (the peak and the N-1 before it, "
+                        "each cropped with its own landmarks, all labelled with the sequence's FACS file; a shorter "
+                        "sequence gives what it has); test folds are always scored on the peak frame alone, one row "
+                        "per sequence (default: 1, the peak only, as the original)")
     d.add_argument("--skip-bad", action="store_true", help="skip bad sequences with a warning instead of stopping")
     d.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="where face crops (and the demo's synthetic CK+) are cached; crops beyond "
@@ -74,7 +80,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", metavar="NAME", default=None,
                    help="backbone: alexnet vgg16 vgg16_bn vgg19 res18 res50 res101 inception, or any torchvision "
                         "classification model (default: alexnet)")
-    m.add_argument("--no-pretrained", action="store_true", help="train from scratch instead of ImageNet weights")
+    m.add_argument("--weights", metavar="NAME|FILE", default="DEFAULT",
+                   help="the backbone's starting weights: a torchvision weights name of --model (DEFAULT, "
+                        "IMAGENET1K_V1, ...), none (random: train from scratch), or a file: a state dict of the "
+                        "torchvision model, or a checkpoint.pth of an earlier run of this program (its backbone; "
+                        "the AU head starts fresh)")
+    m.add_argument("--no-pretrained", dest="weights", action="store_const", const="none",
+                   help="the same as --weights none")
     m.add_argument("--freeze-backbone", action="store_true",
                    help="train only the AU head, as the original did (backbone features are then computed once)")
     m.add_argument("--no-feature-cache", action="store_true",
@@ -89,7 +101,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="manual epoch number to start at (the schedule starts there too)")
     o.add_argument("-b", "--batch-size", type=int, default=32, metavar="N", help="mini-batch size")
     o.add_argument("--lr", "--learning-rate", type=float, default=0.01, metavar="LR", dest="lr",
-                   help="initial learning rate")
+                   help="initial learning rate of the AU head, and (times --backbone-lr) of the backbone. With "
+                        "--loss mean it is the rate torchvision's and timm's recipes mean; with --loss sum each "
+                        "AU's loss gets it, so a shared backbone moves about as fast as at A x LR with the mean "
+                        "(A: the number of AUs)")
+    o.add_argument("--backbone-lr", type=float, default=1.0, metavar="F",
+                   help="the backbone's learning rate as a fraction of --lr (its own parameter group; --step "
+                        "decays both). On real faces a slower backbone alone measured worse than one rate for "
+                        "all (README: On your CK+ copy)")
+    o.add_argument("--loss", choices=engine.LOSS_MODES, default="auto",
+                   help="combining the per-AU binary cross-entropies: mean over images and AUs (fine-tuning); "
+                        "sum, the mean over images summed over AUs (the original's: each AU's head is its own "
+                        "logistic regression at --lr); auto: sum with --freeze-backbone, else mean")
     o.add_argument("--momentum", type=float, default=0.9, metavar="M", help="SGD momentum")
     o.add_argument("--wd", "--weight-decay", type=float, default=1e-4, metavar="W", dest="wd", help="weight decay")
     o.add_argument("--pos-weight", action="store_true",
@@ -105,6 +128,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="run only fold K (0-based), e.g. one fold per job; the run merges when all folds are in")
     c.add_argument("--final", action="store_true",
                    help="after the folds, train one more model on every sequence (for predict.py)")
+    c.add_argument("--tta", choices=engine.TTA_MODES, default=None,
+                   help="test-time augmentation: flip scores each test face by the mean probability of it and its "
+                        "mirror image; -e and predict.py use the run's unless told (default: none; with -e: the "
+                        "run's)")
 
     r = p.add_argument_group("run")
     r.add_argument("--resume", metavar="PATH", default=None,
@@ -133,6 +160,8 @@ def check_args(args: argparse.Namespace) -> None:
         (0 <= args.start_epoch < args.epochs, f"--start-epoch must be in [0, --epochs) = [0, {args.epochs})"),
         (args.batch_size >= 1, "--batch-size must be at least 1"),
         (math.isfinite(args.lr) and args.lr > 0, "--lr must be a positive number"),
+        (math.isfinite(args.backbone_lr) and args.backbone_lr > 0, "--backbone-lr must be a positive number"),
+        (args.frames >= 1, "--frames must be at least 1"),
         (0 <= args.momentum < 1, "--momentum must be in [0, 1)"),
         (args.wd >= 0, "--wd must be zero or positive"),
         (0 < args.threshold < 1, "--threshold must be between 0 and 1 (exclusive)"),
@@ -162,6 +191,13 @@ def fill_defaults(args: argparse.Namespace) -> None:
         args.norm = "weights"
     if args.image_size is None:
         args.image_size = models.model_config(args.model).input_size
+    args.loss = engine.resolve_loss(args.loss, args.freeze_backbone)
+    if args.tta is None:
+        args.tta = "none"
+    if args.weights.lower() == "none":
+        args.weights = "none"
+    elif not runs.is_weights_name(args.weights):
+        args.weights = str(Path(args.weights).resolve())  # a file: found again from any folder on --resume
 
 
 def check_model_input(args: argparse.Namespace) -> None:
@@ -284,6 +320,10 @@ def train(args: argparse.Namespace) -> dict | None:
     if resume_dir is None:
         runs.check_run_dir(run_dir, args)
     check_model_input(args)
+    # A bad --weights fails before any data is read; a resumed run reads its file only if a fold still trains.
+    start = None if resume_dir else runs.starting_weights(args)
+    if args.freeze_backbone and args.backbone_lr != 1.0:
+        log.warning("--backbone-lr has no effect with --freeze-backbone: only the head trains")
     data, aus = engine.load_data(args)
     folds = engine.make_folds(data.subjects, args.kfold, args.split)
     if resume_dir is None:  # only now that the data and the folds are known to work
@@ -311,10 +351,13 @@ def train_folds(args: argparse.Namespace, run_dir: Path, data: dataset.CKPlusDat
         log.info("fold %d: finished earlier, kept", k)
 
     backbone = None
+    if pending or (args.final and args.fold is None):
+        start = start or runs.starting_weights(args)
+        log.info("weights: %s", ", ".join(f"{k} {v}" for k, v in start.record.items()))
     if args.freeze_backbone and (pending or (args.final and args.fold is None)):
-        backbone = runs.run_backbone(run_dir, args, len(aus))
-        if args.no_pretrained:
-            log.warning("--freeze-backbone with --no-pretrained trains a head on random features")
+        backbone = runs.run_backbone(run_dir, args, len(aus), start)
+        if args.weights == "none":
+            log.warning("--freeze-backbone with --weights none trains a head on random features")
     inputs = engine.make_inputs(data, args, device, backbone)
 
     clock = engine.Clock((args.epochs - args.start_epoch) * len(pending), args.quiet)
@@ -333,14 +376,14 @@ def train_folds(args: argparse.Namespace, run_dir: Path, data: dataset.CKPlusDat
             train_idx = np.setdiff1d(np.arange(len(data)), test_idx)
             log.info("fold %d/%d: %d train, %d test sequences", k, args.kfold, len(train_idx), len(test_idx))
             probs = engine.train_fold(k, train_idx, test_idx, data, inputs, aus, args, device, fold_dirs[k], clock,
-                                      backbone)
+                                      backbone, start)
             trained[k] = ([data.ids[i] for i in test_idx], [data.subjects[i] for i in test_idx], [k] * len(test_idx),
                           data.labels[test_idx].numpy(), probs)
             metrics.write_predictions(fold_dirs[k] / "predictions.csv", *trained[k][:2], aus, *trained[k][3:],
                                       fold=trained[k][2])
         current = "final"
         if args.final and args.fold is None:
-            train_final(data, inputs, aus, args, device, run_dir, clock, backbone)
+            train_final(data, inputs, aus, args, device, run_dir, clock, backbone, start)
     except KeyboardInterrupt:
         where = f"fold {current}" if current != "final" else "the final model"
         print(f"\ninterrupted in {where}; every finished epoch is saved. Resume with:\n"
@@ -365,7 +408,7 @@ def train_folds(args: argparse.Namespace, run_dir: Path, data: dataset.CKPlusDat
 
 
 def train_final(data, inputs: engine.Inputs, aus: list[int], args, device: torch.device, run_dir: Path,
-                clock: engine.Clock, backbone: dict | None) -> None:
+                clock: engine.Clock, backbone: dict | None, start: runs.StartingWeights | None) -> None:
     """One more model on every sequence: the deployable model (the k-fold table stays the estimate)."""
     final_dir = run_dir / "final"
     if runs.checkpoint_finished(final_dir / runs.CHECKPOINT, args, aus, args.kfold, []):
@@ -373,7 +416,7 @@ def train_final(data, inputs: engine.Inputs, aus: list[int], args, device: torch
     clock.epochs_left += args.epochs - args.start_epoch
     log.info("final model: training on all %d sequences", len(data))
     engine.train_fold(args.kfold, np.arange(len(data)), np.array([], dtype=int), data, inputs, aus, args, device,
-                      final_dir, clock, backbone)
+                      final_dir, clock, backbone, start)
 
 
 def evaluate_run(args: argparse.Namespace) -> dict:
@@ -383,7 +426,8 @@ def evaluate_run(args: argparse.Namespace) -> dict:
     path = Path(args.resume)
     run_dir, fold_from_ckpt = runs.locate_run(path)
     source = run_dir / "args.json"
-    refuse_changed_settings(args, runs.read_args_json(source), source, "-e --resume")
+    # -e --tta may differ from the run's: a question asked of its checkpoints, not a contradiction
+    refuse_changed_settings(args, runs.read_args_json(source), source, "-e --resume", allowed=("tta",))
     if args.fold is not None:  # -e --resume RUN --fold K: that fold's checkpoint
         if path.is_file() and fold_from_ckpt != args.fold:
             raise UserError(f"--fold {args.fold}: {path} is the checkpoint of "
@@ -392,7 +436,12 @@ def evaluate_run(args: argparse.Namespace) -> dict:
         if not path.is_file():
             raise UserError(f"--fold {args.fold}: {path} does not exist: train that fold first "
                             f"(--resume {run_dir} --fold {args.fold})")
+    asked_tta = args.tta
     runs.adopt_saved_settings(args, source)
+    if asked_tta is not None and asked_tta != args.tta:
+        log.warning("evaluating with --tta %s; the run was trained and scored with --tta %s, so the figures will "
+                    "differ from its results.json", asked_tta, args.tta)
+        args.tta = asked_tta
     fill_defaults(args)
     if path.is_dir():
         missing = [k for k in range(args.kfold) if not (run_dir / f"fold{k}" / runs.CHECKPOINT).is_file()]
@@ -409,7 +458,7 @@ def evaluate_run(args: argparse.Namespace) -> dict:
     if (out_dir / "args.json").is_file():
         raise UserError(f"--output-dir {out_dir} is a run folder: -e would overwrite its results; choose another")
     device = engine.resolve_device(args.device)
-    data, aus = engine.load_data(args)
+    data, aus = engine.load_data(args, training=False)
     inputs = engine.make_inputs(data, args, device)
     index = {seq_id: i for i, seq_id in enumerate(data.ids)}
     fold_dirs = [path.parent] if path.is_file() else [run_dir / f"fold{k}" for k in range(args.kfold)]
@@ -423,7 +472,7 @@ def evaluate_run(args: argparse.Namespace) -> dict:
                             f"point at the same CK+ copy")
         test_idx = torch.tensor([index[s] for s in ckpt["test_ids"]], dtype=torch.long)
         model = runs.build_trained_model(ckpt, ckpt_path).to(device)
-        probs = engine.evaluate(model, inputs, test_idx, device, args.batch_size, args.amp)
+        probs = engine.evaluate(model, inputs, test_idx, device, args.batch_size, args.amp, args.tta)
         part = (ckpt["test_ids"], [data.subjects[i] for i in test_idx], [ckpt["fold"]] * len(test_idx),
                 data.labels[test_idx].numpy(), probs)
         eval_dir = out_dir / fold_dir.name
@@ -440,7 +489,8 @@ def evaluate_run(args: argparse.Namespace) -> dict:
     if path.is_dir() and reference.is_file() and len(parts) == args.kfold:
         before = json.loads(reference.read_text())["macro"]["f1"]
         verdict = "matches" if before == results["macro"]["f1"] else "DIFFERS FROM"
-        print(f"\nmacro F1 {results['macro']['f1']:.4f} {verdict} results.json ({before:.4f})")
+        why = f", which was scored with --tta {trained_tta} (here: {args.tta})" if args.tta != trained_tta else ""
+        print(f"\nmacro F1 {results['macro']['f1']:.4f} {verdict} results.json ({before:.4f}){why}")
     print(f"evaluation written to {out_dir}")
     return results
 

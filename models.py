@@ -103,6 +103,36 @@ def _default_weights(arch: str):
     return get_model_weights(arch).DEFAULT
 
 
+def _weights_enum(arch: str):
+    try:
+        return get_model_weights(arch)
+    except (KeyError, ValueError):  # a model torchvision ships without any weights
+        return None
+
+
+def weights_names(name: str) -> list[str]:
+    """The weights names torchvision knows for a model (`DEFAULT` first), for --weights."""
+    enum = _weights_enum(resolve_arch(name))
+    return [] if enum is None else ["DEFAULT", *(n for n in enum.__members__ if n != "DEFAULT")]
+
+
+def resolve_weights(name: str, weights: str) -> str:
+    """A --weights name of model `name` -> the name of the weights it means (`DEFAULT` becomes the
+    weights it stands for, e.g. IMAGENET1K_V2), or one line listing the valid names."""
+    valid = weights_names(name)
+    if weights not in valid:
+        choices = ", ".join([*valid, "none"]) if valid else "none (torchvision has no weights for it)"
+        raise UserError(f"--weights {weights} is not a weights name of {name}: choose one of {choices}, "
+                        f"or give a weights file")
+    return _weights_enum(resolve_arch(name))[weights].name
+
+
+def weights_file(name: str, weights: str) -> tuple[str, str]:
+    """(file name in torch's hub checkpoints folder, URL) of the weights `weights` of model `name`."""
+    url = _weights_enum(resolve_arch(name))[weights].url
+    return Path(urlparse(url).path).name, url
+
+
 def model_config(name: str) -> ModelConfig:
     """Input size, normalisation and weights file of a model, from its DEFAULT ImageNet weights."""
     arch = resolve_arch(name)
@@ -207,28 +237,30 @@ _UNREADABLE_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.Ba
                       KeyError)
 
 
-def _pretrained_model(config: ModelConfig, kwargs: dict) -> nn.Module:
-    """torchvision's model with its DEFAULT ImageNet weights, from the hub cache or downloaded
-    into it; every way this can fail offline is a one-line UserError saying what to do."""
-    weights = _default_weights(config.arch)
-    if weights is None:
-        raise UserError(f"torchvision has no ImageNet weights for {config.name}: pass --no-pretrained")
+def _pretrained_model(config: ModelConfig, kwargs: dict, name: str = "DEFAULT") -> nn.Module:
+    """torchvision's model with its ImageNet weights `name` (DEFAULT, IMAGENET1K_V1, ...), from the
+    hub cache or downloaded into it; every way this can fail offline is a one-line UserError
+    naming the file of the weights asked for and what to do."""
+    if _default_weights(config.arch) is None:
+        raise UserError(f"torchvision has no ImageNet weights for {config.name}: pass --weights none")
+    weights = _weights_enum(config.arch)[resolve_weights(config.name, name)]
+    file_name, url = weights_file(config.name, weights.name)
     folder = Path(torch.hub.get_dir()) / "checkpoints"
-    cached = folder / config.weights_file
+    cached = folder / file_name
     if cached.is_file():
         try:
             return get_model(config.arch, weights=weights, **kwargs)
         except _UNREADABLE_ERRORS as e:
             raise UserError(f"cannot load the ImageNet weights {cached} ({_reason(e)}): the file is damaged or "
                             f"not {config.arch}'s; delete it and run again to download it afresh, "
-                            f"or pass --no-pretrained") from e
+                            f"or pass --weights none") from e
     try:
         return get_model(config.arch, weights=weights, **kwargs)
     except _DOWNLOAD_ERRORS as e:
         if isinstance(e, RuntimeError) and not any(w in str(e).lower() for w in ("download", "hash", "url")):
             raise  # not a download problem: a bug, keep its traceback
-        raise UserError(f"no ImageNet weights for {config.name} offline ({_reason(e)}): put {config.weights_file} "
-                        f"(from {config.weights_url}) in {folder}/, or pass --no-pretrained to train from "
+        raise UserError(f"no ImageNet weights {weights.name} for {config.name} offline ({_reason(e)}): put "
+                        f"{file_name} (from {url}) in {folder}/, or pass --weights none to train from "
                         f"scratch") from e
 
 
@@ -248,22 +280,10 @@ def _find_classifier(model: nn.Module, num_classes: int, name: str) -> tuple[str
     return found
 
 
-def build_model(name: str, num_aus: int, pretrained: bool = True, freeze_backbone: bool = False,
-                backbone_state: dict | None = None) -> AUNet:
-    """An `AUNet` for `name` with a fresh `num_aus`-unit head.
-
-    pretrained: ImageNet weights from torchvision (its hub cache, downloaded if missing);
-    otherwise torchvision's own random initialisation. freeze_backbone: only the head trains
-    and the backbone stays in eval mode, as in the original program. backbone_state: the
-    backbone's weights to load instead (a run's frozen backbone.pth).
-    """
-    config = model_config(name)
-    kwargs = _builder_kwargs(config, pretrained)
-    if pretrained:
-        model = _pretrained_model(config, kwargs)
-    else:
-        model = get_model(config.arch, weights=None, **kwargs)
-    weights = _default_weights(config.arch)
+def _strip_classifier(model: nn.Module, name: str) -> tuple[str, int, int | None]:
+    """Replace the ImageNet classifier (and inception's auxiliary one) with nn.Identity ->
+    (the classifier's dotted path, its input width, the auxiliary classifier's or None)."""
+    weights = _default_weights(resolve_arch(name))
     num_classes = len(weights.meta["categories"]) if weights is not None else _IMAGENET_CLASSES
     path, num_features = _find_classifier(model, num_classes, name)
     model.set_submodule(path, nn.Identity())
@@ -271,6 +291,49 @@ def build_model(name: str, num_aus: int, pretrained: bool = True, freeze_backbon
     if getattr(model, "AuxLogits", None) is not None:  # inception_v3
         aux_features = model.AuxLogits.fc.in_features
         model.AuxLogits.fc = nn.Identity()
+    return path, num_features, aux_features
+
+
+def backbone_state(name: str, state: dict, source: str) -> dict:
+    """A state dict of torchvision's `name` (ImageNet classifier included or not) -> the weights
+    of the AU model's backbone, i.e. without the classifier. Anything that is not that model's
+    state dict is a UserError naming `source` (the file it came from)."""
+    config = model_config(name)
+    with torch.device("meta"):  # shapes only: nothing is allocated or initialised
+        skeleton = get_model(config.arch, weights=None, **_builder_kwargs(config, pretrained=False))
+    path, _, _ = _strip_classifier(skeleton, name)
+    expected = skeleton.state_dict()
+    dropped = tuple(p + "." for p in (path, "AuxLogits.fc") if p)
+    kept = {k: v for k, v in state.items() if not k.startswith(dropped)}
+    # BatchNorm fills in a missing num_batches_tracked itself (files saved before it existed)
+    missing = [k for k in expected if k not in kept and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in kept if k not in expected]
+    wrong = [k for k in expected if k in kept and tuple(kept[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{what} {len(keys)} (e.g. {keys[0]})" for what, keys in
+                           (("missing", missing), ("unexpected", unexpected), ("other shapes", wrong)) if keys)
+        raise UserError(f"--weights {source} is not a state dict of {name} ({detail}): give {name}'s weights, or a "
+                        f"checkpoint of a {name} run of this program")
+    return kept
+
+
+def build_model(name: str, num_aus: int, pretrained: bool = True, freeze_backbone: bool = False,
+                backbone_state: dict | None = None, weights: str = "DEFAULT") -> AUNet:
+    """An `AUNet` for `name` with a fresh `num_aus`-unit head.
+
+    pretrained: torchvision's ImageNet weights `weights` (a name such as DEFAULT or
+    IMAGENET1K_V1; from its hub cache, downloaded if missing); otherwise torchvision's own
+    random initialisation. freeze_backbone: only the head trains and the backbone stays in eval
+    mode, as in the original program. backbone_state: the backbone's weights to load instead
+    (a run's frozen backbone.pth, or a --weights file).
+    """
+    config = model_config(name)
+    kwargs = _builder_kwargs(config, pretrained)
+    if pretrained:
+        model = _pretrained_model(config, kwargs, weights)
+    else:
+        model = get_model(config.arch, weights=None, **kwargs)
+    _, num_features, aux_features = _strip_classifier(model, name)
     if backbone_state is not None:
         model.load_state_dict(backbone_state)
     return AUNet(model, num_features, num_aus, config, aux_features=aux_features, frozen=freeze_backbone)

@@ -8,7 +8,8 @@
 A run folder predicts with its final model (main.py --final) when it has one, otherwise with
 the mean probability of its fold models; a checkpoint file predicts with that model alone.
 Every face goes through exactly the preprocessing the run trained with: the crop from its 68
-landmarks, gray, the run's input size and normalisation. The CSV has one row per face, and one
+landmarks, gray, the run's input size and normalisation, and the run's test-time augmentation
+(--tta flip: the mean of each face and its mirror image). The CSV has one row per face, and one
 row for each image that gave none, saying why. A video is streamed: each of its (every Nth)
 frames gets the rows a photo would get, with the frame's number and time, and its faces keep
 their numbers from frame to frame.
@@ -92,6 +93,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "video, that as an MP4 and a PNG of each AU's probability over time")
     p.add_argument("--threshold", type=float, metavar="P", default=None,
                    help="an AU is on when its probability is above P (default: the run's --threshold)")
+    p.add_argument("--tta", choices=engine.TTA_MODES, default=None,
+                   help="test-time augmentation: flip averages the probabilities of each face and its mirror image "
+                        "(default: the run's --tta)")
     p.add_argument("-b", "--batch-size", type=int, metavar="N", default=32, help="faces per forward pass")
     p.add_argument("--device", default="auto", metavar="DEV", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors; no progress bar")
@@ -357,6 +361,7 @@ class Ensemble:
     aus: list[int]
     settings: dict  # the run's args: crop, margin, image_size, norm, threshold, ...
     threshold: float
+    tta: str = "none"  # test-time augmentation: the run's --tta, or predict.py's
 
     @property
     def mean_std(self) -> tuple[tuple, tuple]:
@@ -383,15 +388,20 @@ def checkpoint_paths(path: Path) -> tuple[list[Path], str | None]:
     return folds, f"mean of {len(folds)} folds"
 
 
-def open_ensemble(path: Path, threshold: float | None) -> Ensemble:
+def open_ensemble(path: Path, threshold: float | None, tta: str | None = None) -> Ensemble:
     """Which models predict, with the settings their inputs need; reads the first checkpoint
-    (the models themselves are loaded one at a time later, so a 10-fold VGG fits in memory)."""
+    (the models themselves are loaded one at a time later, so a 10-fold VGG fits in memory).
+    `tta` None: the run's own test-time augmentation."""
     paths, description = checkpoint_paths(path)
     ckpt = runs.load_checkpoint(paths[0])
     settings = ckpt.get("args")
     if not isinstance(settings, dict) or any(k not in settings for k in INPUT_SETTINGS):
         raise UserError(f"{paths[0]} holds no run settings (crop, image size, normalisation): it was not written "
                         f"by this main.py; retrain")
+    settings = runs.saved_settings(settings)
+    if tta is not None and tta != settings["tta"]:
+        log.warning("predicting with --tta %s; the run was trained and scored with --tta %s", tta, settings["tta"])
+    tta = tta or settings["tta"]
     if description is None:
         is_final = ckpt.get("fold") is not None and ckpt.get("fold") == ckpt.get("kfold")
         description = "final checkpoint" if is_final else f"fold{ckpt.get('fold')} checkpoint"
@@ -404,7 +414,10 @@ def open_ensemble(path: Path, threshold: float | None) -> Ensemble:
     kfold = settings.get("kfold")
     if description.startswith("mean of") and kfold and len(paths) < kfold:
         log.warning("%s has %d of its %d fold checkpoints: predicting with the mean of those", path, len(paths), kfold)
-    return Ensemble(paths, description, ckpt["arch"], [int(a) for a in ckpt["aus"]], settings, float(threshold))
+    if tta == "flip":
+        description += ", flip TTA"
+    return Ensemble(paths, description, ckpt["arch"], [int(a) for a in ckpt["aus"]], settings, float(threshold),
+                    tta)
 
 
 def check_same_run(ckpt: dict, path: Path, ensemble: Ensemble) -> None:
@@ -421,14 +434,11 @@ def check_same_run(ckpt: dict, path: Path, ensemble: Ensemble) -> None:
 
 @torch.no_grad()
 def predict_crops(model: models.AUNet, crops: torch.Tensor, mean, std, device: torch.device,
-                  batch_size: int) -> np.ndarray:
-    """Sigmoid probabilities (N, A) of uint8 crops (N, 1, S, S), normalised as in training."""
-    model.eval()
-    out = []
-    for chunk in crops.split(batch_size):
-        x = preprocess.prepare_batch(chunk.to(device), mean, std)
-        out.append(torch.sigmoid(model(x).float()).cpu())
-    return torch.cat(out).numpy()
+                  batch_size: int, tta: str = "none") -> np.ndarray:
+    """Sigmoid probabilities (N, A) of uint8 crops (N, 1, S, S), normalised as in training, and
+    evaluated as main.py evaluates (engine.evaluate), mirror images included with tta="flip"."""
+    inputs = engine.Inputs(labels=torch.zeros(len(crops), model.num_aus), images=crops, mean=mean, std=std)
+    return engine.evaluate(model, inputs, torch.arange(len(crops)), device, batch_size, tta=tta)
 
 
 def load_member(ensemble: Ensemble, path: Path) -> models.AUNet:
@@ -448,7 +458,7 @@ def ensemble_probs(ensemble: Ensemble, crops: np.ndarray, device: torch.device, 
     total = np.zeros((len(crops), len(ensemble.aus)), dtype=np.float64)
     for path in ensemble.checkpoints:
         model = load_member(ensemble, path)
-        total += predict_crops(model.to(device), images, mean, std, device, batch_size)
+        total += predict_crops(model.to(device), images, mean, std, device, batch_size, ensemble.tta)
         del model
     return total / len(ensemble.checkpoints)
 
@@ -469,7 +479,7 @@ class HeldEnsemble:
         mean, std = self.ensemble.mean_std
         total = np.zeros((len(crops), len(self.ensemble.aus)), dtype=np.float64)
         for model in self.models:
-            total += predict_crops(model, images, mean, std, self.device, self.batch_size)
+            total += predict_crops(model, images, mean, std, self.device, self.batch_size, self.ensemble.tta)
         return total / len(self.models)
 
 
@@ -898,7 +908,7 @@ def main(args: argparse.Namespace) -> dict:
     inputs = find_images(args.images)
     images = [p for p in inputs if not video.is_video(p)]
     videos = [p for p in inputs if video.is_video(p)]
-    ensemble = open_ensemble(Path(args.model), args.threshold)
+    ensemble = open_ensemble(Path(args.model), args.threshold, args.tta)
     finder = face_finder(args)
     smoothed = args.smooth is not None
     if not videos and (args.every != 1 or smoothed):

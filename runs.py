@@ -5,13 +5,15 @@ One checkpoint format, built by `fold_checkpoint` and read by `load_checkpoint` 
 work; `--resume`, `-e` and predict.py find their way back into it from here.
 
     RUN_DIR/args.json                the run's settings (RUN_SETTINGS), data folders, command line
-    RUN_DIR/foldK/checkpoint.pth     fold K's model, optimizer, schedule, epoch, history, test IDs
+    RUN_DIR/foldK/checkpoint.pth     fold K's model, optimizer, schedule, epoch, history, test IDs,
+                                     the weights it started from
     RUN_DIR/backbone.pth             with --freeze-backbone: the one frozen backbone of every fold
     RUN_DIR/final/checkpoint.pth     with --final: the model trained on every sequence
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -19,6 +21,7 @@ import shlex
 import sys
 import warnings
 import zipfile
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Sequence
@@ -35,20 +38,38 @@ from utils import UserError
 CHECKPOINT = "checkpoint.pth"
 BACKBONE = "backbone.pth"
 # Bumped when a checkpoint's keys change meaning; files without the key predate it (format 1).
-FORMAT_VERSION = 2
+# 3: the optimizer has two parameter groups (backbone, head) and "weights" says what the
+# model started from; `upgrade_checkpoint` reads formats 1 and 2 as format 3.
+FORMAT_VERSION = 3
 CHECKPOINT_KEYS = ("model", "epoch", "aus", "arch")
 
 # Flags that describe how a run is trained: saved in args.json, fixed for the life of a
 # run. The rest (device, workers, paths, verbosity) may change when a run is resumed.
 RUN_SETTINGS = (
-    "model", "aus", "min_count", "crop", "margin", "image_size", "norm", "augment", "no_pretrained",
-    "freeze_backbone", "epochs", "step", "gamma", "start_epoch", "batch_size", "lr", "momentum", "wd",
-    "pos_weight", "threshold", "kfold", "split", "seed", "amp", "skip_bad", "final",
+    "model", "aus", "min_count", "crop", "margin", "image_size", "norm", "augment", "weights",
+    "freeze_backbone", "epochs", "step", "gamma", "start_epoch", "batch_size", "lr", "backbone_lr", "loss",
+    "momentum", "wd", "pos_weight", "threshold", "kfold", "split", "seed", "amp", "skip_bad", "final", "frames",
+    "tta",
 )
+# What a run saved before these settings existed was trained with: the summed loss, one
+# learning rate, peak frames only, no test-time augmentation.
+LEGACY_SETTINGS = {"loss": "sum", "backbone_lr": 1.0, "frames": 1, "tta": "none"}
 
 
 def run_settings(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in RUN_SETTINGS}
+
+
+def saved_settings(saved: dict) -> dict:
+    """A run's args.json (or a checkpoint's "args") in today's terms: `no_pretrained` becomes
+    `weights`, and a setting added since the run started takes the value the run trained with."""
+    saved = dict(saved)
+    if "weights" not in saved:
+        saved["weights"] = "none" if saved.get("no_pretrained") else "DEFAULT"
+    saved.pop("no_pretrained", None)
+    for key, value in LEGACY_SETTINGS.items():
+        saved.setdefault(key, value)
+    return saved
 
 
 # ----------------------------------------------------------------------------- checkpoint files
@@ -136,25 +157,48 @@ def load_checkpoint(path: str | os.PathLike, required: Sequence[str] = CHECKPOIN
 
 
 def fold_checkpoint(model: models.AUNet, optimizer, scheduler, scaler, *, epoch: int, fold: int, args,
-                    aus: Sequence[int], test_ids: list[str], history: list[dict], finished: bool = False) -> dict:
+                    aus: Sequence[int], test_ids: list[str], history: list[dict], weights: dict,
+                    finished: bool = False) -> dict:
     """The one checkpoint format: everything `--resume`, `-e` and predict.py read back.
 
-    A frozen backbone is left out (the run's backbone.pth holds it once). A `finished` fold keeps
-    its optimizer's settings but not its per-parameter state (SGD's momentum, as large as the
-    model): -e and predict.py need only the weights, and an --epochs extension restarts momentum
-    from zero, which halves what a run keeps on disk."""
+    A frozen backbone is left out (the run's backbone.pth holds it once). `weights`: what the
+    model started from (`StartingWeights.record`). A `finished` fold keeps its optimizer's
+    settings but not its per-parameter state (SGD's momentum, as large as the model): -e and
+    predict.py need only the weights, and an --epochs extension restarts momentum from zero,
+    which halves what a run keeps on disk."""
     return {
         "version": FORMAT_VERSION, "model": model_state(model), "frozen_backbone": model.frozen,
         "optimizer": slim_optimizer_state(optimizer.state_dict()) if finished else optimizer.state_dict(),
         "lr_scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
         "epoch": epoch, "fold": fold, "kfold": args.kfold, "arch": args.model, "aus": list(aus),
-        "args": run_settings(args), "test_ids": test_ids, "history": history,
+        "args": run_settings(args), "test_ids": test_ids, "history": history, "weights": weights,
     }
 
 
 def slim_optimizer_state(state: dict) -> dict:
     """An optimizer state dict without its per-parameter buffers (learning rates etc. stay)."""
     return {**state, "state": {}}
+
+
+def upgrade_checkpoint(ckpt: dict, model: models.AUNet) -> None:
+    """Read a format 1 or 2 checkpoint as format 3, in place, to resume it: its optimizer's one
+    parameter group (the backbone's parameters, then the head's, in model order) becomes
+    the backbone and head groups `engine.make_optimizer` builds, at the same learning rate."""
+    if ckpt.get("version", 1) >= 3:
+        return
+    groups = ckpt["optimizer"]["param_groups"]
+    backbone = sum(1 for p in model.backbone.parameters() if p.requires_grad)
+    if len(groups) == 1 and backbone:
+        group = groups[0]
+        ckpt["optimizer"]["param_groups"] = [{**group, "params": group["params"][:backbone], "name": "backbone"},
+                                             {**group, "params": group["params"][backbone:], "name": "head"}]
+        schedule = ckpt["lr_scheduler"]
+        for key in ("base_lrs", "_last_lr"):
+            if len(schedule.get(key) or []) == 1:
+                schedule[key] = schedule[key] * 2
+    elif len(groups) == 1:
+        groups[0]["name"] = "head"
+    ckpt["args"] = saved_settings(ckpt.get("args", {}))
 
 
 def model_state(model: models.AUNet) -> dict:
@@ -210,10 +254,95 @@ def fold_finished(fold_dir: Path, args, aus: list[int], fold: int, test_ids: lis
 # ----------------------------------------------------------------------------- models from a run
 
 
-def run_backbone(run_dir: Path, args, num_aus: int) -> dict:
-    """The frozen backbone's weights, the same for every fold of a run: built once (ImageNet
-    weights, or random from --seed) and saved as RUN_DIR/backbone.pth, so fold checkpoints
-    hold only the head and a resumed or evaluated run uses exactly the same features."""
+# ----------------------------------------------------------------------------- the weights a run starts from
+
+
+@dataclass
+class StartingWeights:
+    """What --weights means for a run: torchvision's weights `name` (IMAGENET1K_V1, ...), a
+    backbone `state` taken from a file, or neither (random); `record` is what checkpoints and
+    results.json keep of it."""
+
+    name: str | None = None
+    state: dict | None = field(default=None, repr=False)
+    record: dict = field(default_factory=lambda: {"weights": "none"})
+
+    @classmethod
+    def none(cls) -> StartingWeights:
+        return cls()
+
+
+def is_weights_name(value: str) -> bool:
+    """--weights VALUE names weights (none, DEFAULT, IMAGENET1K_V1, ...) rather than a file: it
+    has no path separator and no file suffix, and no such file exists."""
+    return not Path(value).exists() and "/" not in value and "\\" not in value and not Path(value).suffix
+
+
+def describe_weights(args: argparse.Namespace) -> dict:
+    """What --weights means, without reading any file: for results.json and the log."""
+    value = args.weights
+    if value.lower() == "none":
+        return {"weights": "none"}
+    if is_weights_name(value):
+        name = models.resolve_weights(args.model, value)
+        return {"weights": name, "file": models.weights_file(args.model, name)[0]}
+    return {"weights": "file", "file": str(Path(value).resolve())}
+
+
+def starting_weights(args: argparse.Namespace) -> StartingWeights:
+    """Check --weights and read a weights file (once per run); a UserError names what is wrong."""
+    record = describe_weights(args)
+    if record["weights"] == "none":
+        return StartingWeights.none()
+    if record["weights"] != "file":
+        return StartingWeights(name=record["weights"], record=record)
+    path = Path(args.weights)
+    state, kind = read_weights_file(path, args.model)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return StartingWeights(state=state, record={**record, "kind": kind, "sha256": digest})
+
+
+def read_weights_file(path: Path, model: str) -> tuple[dict, str]:
+    """--weights FILE -> (the backbone's state dict for `model`, what the file was).
+
+    A plain state dict of torchvision's model (its classifier is dropped), or a checkpoint of
+    an earlier run of this program (its backbone; a frozen run's comes from its backbone.pth).
+    Loaded with weights_only=True: tensors and plain data only, never code."""
+    if not path.exists():
+        raise UserError(f"--weights {path} does not exist: give a weights name of {model} "
+                        f"({', '.join(models.weights_names(model)) or 'none'}), none, or a weights file")
+    if path.is_dir():
+        raise UserError(f"--weights {path} is a folder: give a file, e.g. {path / 'final' / CHECKPOINT}")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"--weights {path} is not a readable PyTorch weights file ({_first_line(e)}): give a state "
+                        f"dict of {model} or a checkpoint of this program") from e
+    if isinstance(state, dict) and all(k in state for k in CHECKPOINT_KEYS):
+        arch = state["arch"]
+        if models.resolve_arch(str(arch)) != models.resolve_arch(model):
+            raise UserError(f"--weights {path} is a checkpoint of a {arch} run, not of {model}: pass --model {arch}, "
+                            f"or give a {model} file")
+        if state.get("frozen_backbone"):
+            backbone_path = path.parent.parent / BACKBONE
+            if not backbone_path.is_file():
+                raise UserError(f"--weights {path} trained a head on a frozen backbone, and {backbone_path} is "
+                                f"missing: keep the checkpoint inside its run folder")
+            return load_checkpoint(backbone_path, required=("backbone", "arch"))["backbone"], "run checkpoint"
+        prefix = "backbone."
+        return {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}, "run checkpoint"
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"--weights {path} holds neither a state dict of {model} nor a checkpoint of this program: "
+                        f"give one of those")
+    return models.backbone_state(model, state, str(path)), "state dict"
+
+
+def run_backbone(run_dir: Path, args, num_aus: int, start: StartingWeights) -> dict:
+    """The frozen backbone's weights, the same for every fold of a run: built once (--weights,
+    or random from --seed) and saved as RUN_DIR/backbone.pth, so fold checkpoints hold only
+    the head and a resumed or evaluated run uses exactly the same features."""
     path = run_dir / BACKBONE
     if path.is_file():
         state = load_checkpoint(path, required=("backbone", "arch"))
@@ -221,10 +350,11 @@ def run_backbone(run_dir: Path, args, num_aus: int) -> dict:
             raise UserError(f"{path} is a {state['arch']} backbone, not {args.model}: it belongs to another run")
         return state["backbone"]
     torch.manual_seed(args.seed)
-    model = models.build_model(args.model, num_aus, pretrained=not args.no_pretrained, freeze_backbone=True)
+    model = models.build_model(args.model, num_aus, pretrained=start.name is not None, weights=start.name or "DEFAULT",
+                               freeze_backbone=True, backbone_state=start.state)
     state = model.backbone.state_dict()
     save_checkpoint({"version": FORMAT_VERSION, "backbone": state, "arch": args.model,
-                     "pretrained": not args.no_pretrained}, path)
+                     "pretrained": start.record["weights"] != "none", "weights": start.record}, path)
     return state
 
 
@@ -286,7 +416,7 @@ def check_run_dir(run_dir: Path, args: argparse.Namespace) -> None:
     saved = run_dir / "args.json"
     if run_dir.is_dir() and any(run_dir.iterdir()):
         if args.fold is not None and saved.is_file():
-            theirs = read_args_json(saved)
+            theirs = saved_settings(read_args_json(saved))
             if {k: theirs.get(k) for k in RUN_SETTINGS} == run_settings(args):
                 if (run_dir / f"fold{args.fold}").exists():
                     raise UserError(f"{run_dir / f'fold{args.fold}'} exists: continue it with --resume {run_dir} "
@@ -331,6 +461,7 @@ def changed_settings(args: argparse.Namespace, saved: dict, typed: set[str], all
     """The run settings the user typed (`typed`: argparse dests) that disagree with the run's
     args.json (`saved`), in RUN_SETTINGS order. Every setting is covered, so a new one needs no
     code here."""
+    saved = saved_settings(saved)
     return [key for key in RUN_SETTINGS if key in typed and key not in allowed
             and not same_setting(key, getattr(args, key), saved_setting(key, saved))]
 
@@ -339,7 +470,7 @@ def adopt_saved_settings(args: argparse.Namespace, source: Path, keep: Sequence[
     """Take a run's own settings (its args.json) for resume/evaluate, but those in `keep`, and its
     data folders unless given -> the saved dict. Typed flags that disagree are refused before
     this (`changed_settings`)."""
-    saved = read_args_json(source)
+    saved = saved_settings(read_args_json(source))
     for key, value in saved.items():
         if key in RUN_SETTINGS and key not in keep:
             setattr(args, key, value)
@@ -437,7 +568,9 @@ def write_results(out_dir: Path, args: argparse.Namespace, aus: list[int], parts
     results = {
         "model": args.model, "aus": list(aus), "split": args.split, "kfold": args.kfold, "folds": covers,
         "protocol": protocol(args, covers),
-        "pretrained": not args.no_pretrained, "freeze_backbone": args.freeze_backbone, "epochs": args.epochs,
+        "pretrained": args.weights.lower() != "none", "weights": describe_weights(args),
+        "freeze_backbone": args.freeze_backbone, "epochs": args.epochs, "loss": args.loss, "frames": args.frames,
+        "tta": args.tta,
         "image_size": args.image_size, "crop": args.crop, "sequences": len(ids), **scores,
     }
     out_dir.mkdir(parents=True, exist_ok=True)

