@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 import dataset
+import metrics
 import models
 import preprocess
 import runs
@@ -388,3 +389,86 @@ def train_fold(fold: int, train_idx: np.ndarray, test_idx: np.ndarray, data: dat
         log.info("fold %d epoch %d/%d  loss %.4f  lr %.3g  %.1fs  (%s left)", fold, epoch + 1, args.epochs, loss, lr,
                  seconds, clock.eta())
     return evaluate(model, inputs, test_t, device, args.batch_size, args.amp, args.tta)
+
+
+# ----------------------------------------------------------------------------- every fold of a run
+
+
+def train_folds(args: argparse.Namespace, run_dir: Path, data: dataset.CKPlusDataset, aus: list[int],
+                folds: list[np.ndarray], device: torch.device, start: runs.StartingWeights | None) -> dict | None:
+    """The folds of an open run folder that are not finished (and --final), then the pooled results
+    once every fold is in (printed, and returned)."""
+    to_run = [args.fold] if args.fold is not None else list(range(args.kfold))
+    fold_dirs = [run_dir / f"fold{k}" for k in range(args.kfold)]
+    pending = [k for k in to_run
+               if not runs.fold_finished(fold_dirs[k], args, aus, k, [data.ids[i] for i in folds[k]])]
+    for k in sorted(set(to_run) - set(pending)):
+        log.info("fold %d: finished earlier, kept", k)
+
+    backbone = None
+    if pending or (args.final and args.fold is None):
+        start = start or runs.starting_weights(args)
+        log.info("weights: %s", ", ".join(f"{k} {v}" for k, v in start.record.items()))
+    if args.freeze_backbone and (pending or (args.final and args.fold is None)):
+        backbone = runs.run_backbone(run_dir, args, len(aus), start)
+        if args.weights == "none":
+            log.warning("--freeze-backbone with --weights none trains a head on random features")
+    inputs = make_inputs(data, args, device, backbone)
+
+    clock = Clock((args.epochs - args.start_epoch) * len(pending), args.quiet)
+    trained = {}
+    current = None
+    threads = torch.get_num_threads()
+    if inputs.features is not None and device.type == "cpu":
+        # Training a linear head on cached features is thousands of tiny matrix products: one
+        # thread is as fast, and several spin-wait each other to a crawl on a busy CPU (the
+        # 593x10x100 protocol measured 6.6 s with one thread, 330 s with two under load).
+        torch.set_num_threads(1)
+    try:
+        for k in pending:
+            current = k
+            test_idx = folds[k]
+            train_idx = np.setdiff1d(np.arange(len(data)), test_idx)
+            log.info("fold %d/%d: %d train, %d test sequences", k, args.kfold, len(train_idx), len(test_idx))
+            probs = train_fold(k, train_idx, test_idx, data, inputs, aus, args, device, fold_dirs[k], clock,
+                                      backbone, start)
+            trained[k] = ([data.ids[i] for i in test_idx], [data.subjects[i] for i in test_idx], [k] * len(test_idx),
+                          data.labels[test_idx].numpy(), probs)
+            metrics.write_predictions(fold_dirs[k] / "predictions.csv", *trained[k][:2], aus, *trained[k][3:],
+                                      fold=trained[k][2])
+        current = "final"
+        if args.final and args.fold is None:
+            train_final(data, inputs, aus, args, device, run_dir, clock, backbone, start)
+    except KeyboardInterrupt:
+        where = f"fold {current}" if current != "final" else "the final model"
+        print(f"\ninterrupted in {where}; every finished epoch is saved. Resume with:\n"
+              f"  {runs.resume_command(run_dir, args)}", file=sys.stderr)
+        raise SystemExit(130)
+    finally:
+        torch.set_num_threads(threads)
+
+    # another job's fold counts once it reached this run's epochs (after an --epochs extension its
+    # predictions.csv may still be the shorter run's)
+    done = [k for k in range(args.kfold)
+            if k in trained or runs.fold_finished(fold_dirs[k], args, aus, k, [data.ids[i] for i in folds[k]])]
+    if len(done) < args.kfold:
+        log.info("%d of %d folds done in %s (%s on disk); the run's results are written when the last fold "
+                 "finishes", len(done), args.kfold, run_dir, utils.format_bytes(utils.folder_size(run_dir)))
+        return None
+    parts = [trained[k] if k in trained else runs.read_fold_predictions(fold_dirs[k], aus) for k in done]
+    results = runs.write_results(run_dir, args, aus, parts)
+    print(metrics.format_table(results, results["model"]))
+    print(f"\nrun folder: {run_dir} ({utils.format_bytes(utils.folder_size(run_dir))} on disk)")
+    return results
+
+
+def train_final(data, inputs: Inputs, aus: list[int], args, device: torch.device, run_dir: Path,
+                clock: Clock, backbone: dict | None, start: runs.StartingWeights | None) -> None:
+    """One more model on every sequence: the deployable model (the k-fold table stays the estimate)."""
+    final_dir = run_dir / "final"
+    if runs.checkpoint_finished(final_dir / runs.CHECKPOINT, args, aus, args.kfold, []):
+        return
+    clock.epochs_left += args.epochs - args.start_epoch
+    log.info("final model: training on all %d sequences", len(data))
+    train_fold(args.kfold, np.arange(len(data)), np.array([], dtype=int), data, inputs, aus, args, device,
+                      final_dir, clock, backbone, start)

@@ -18,7 +18,6 @@ import shlex
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import ckplus
@@ -200,21 +199,6 @@ def fill_defaults(args: argparse.Namespace) -> None:
         args.weights = str(Path(args.weights).resolve())  # a file: found again from any folder on --resume
 
 
-def check_model_input(args: argparse.Namespace) -> None:
-    """Fail before any file is written when the model cannot train on --image-size inputs.
-
-    The model is built on the meta device (shapes only: no memory, no initialisation) and
-    run forward once in training mode, which raises what the first real batch would."""
-    try:
-        with torch.device("meta"):
-            model = models.build_model(args.model, 2, pretrained=False, freeze_backbone=args.freeze_backbone)
-            model.train()
-            model(torch.empty(2, 3, args.image_size, args.image_size))
-    except RuntimeError as e:
-        raise UserError(f"--image-size {args.image_size} is too small for {args.model} "
-                        f"({str(e).splitlines()[0]}): use a larger --image-size, e.g. 224") from None
-
-
 # ----------------------------------------------------------------------------- the demo
 
 
@@ -230,60 +214,17 @@ def prepare_demo(args: argparse.Namespace) -> None:
     for key, value in DEMO.items():
         if key not in typed(args):
             setattr(args, key, value)
-    used = " ".join(describe_flag(key, getattr(args, key)) + (" (typed)" if key in typed(args) else "")
+    used = " ".join(runs.describe_flag(key, getattr(args, key)) + (" (typed)" if key in typed(args) else "")
                     for key in DEMO)
     log.info("demo settings: %s", used)
 
 
-# ----------------------------------------------------------------------------- typed flags
-
-
-def typed_flags(argv: list[str]) -> set[str]:
-    """The dests of the flags (and paths) the user typed: a typed default (`--epochs 100`) counts,
-    which comparing values against the defaults could not tell."""
-    parser, untouched = get_args_parser(), object()
-    # argparse leaves a value already in the namespace alone unless the flag is typed; a path
-    # not given (nargs="?") is set to None
-    start = argparse.Namespace(**dict.fromkeys(vars(parser.parse_args([])), untouched))
-    parsed = vars(parser.parse_args(argv, namespace=start))
-    return {key for key, value in parsed.items() if value is not untouched and value is not None}
-
-
 def typed(args: argparse.Namespace) -> set[str]:
-    """What `cli` recorded as typed; for args built another way, the dests whose value is not the
-    parser's default."""
+    """The dests of the flags the user typed (recorded by `cli`; for args built another way, those
+    whose value is not the parser's default)."""
     if getattr(args, "typed", None) is None:
-        defaults = vars(get_args_parser().parse_args([]))
-        args.typed = {key for key, value in vars(args).items() if key in defaults and value != defaults[key]}
+        args.typed = runs.non_default_settings(args, get_args_parser())
     return args.typed
-
-
-def flag_name(key: str) -> str:
-    """An argparse dest -> the flag a user types for it (`batch_size` -> `--batch-size`): every
-    long flag here is its dest in kebab case."""
-    return "--" + key.replace("_", "-")
-
-
-def describe_flag(key: str, value) -> str:
-    flag = flag_name(key)
-    if isinstance(value, bool):
-        return flag if value else f"no {flag}"
-    return f"{flag} {value}"
-
-
-def refuse_changed_settings(args: argparse.Namespace, saved: dict, source: Path, what: str,
-                            allowed: tuple[str, ...] = ()) -> None:
-    """A run keeps its settings for life: every typed flag that disagrees with its args.json is
-    refused, all of them in one line (every key of runs.RUN_SETTINGS, present and future)."""
-    changed = runs.changed_settings(args, saved, typed(args), allowed)
-    if changed:
-        def theirs(key: str) -> str:
-            value = runs.saved_setting(key, saved)
-            return describe_flag(key, value) if isinstance(value, bool) else "not set" if value is None else str(value)
-
-        listed = ", ".join(f"{describe_flag(k, getattr(args, k))} (run: {theirs(k)})" for k in changed)
-        raise UserError(f"{what} keeps the settings in {source}; these flags disagree with it: {listed}: "
-                        f"drop them, or start a new run with another --output-dir")
 
 
 # ----------------------------------------------------------------------------- modes
@@ -296,7 +237,7 @@ def train(args: argparse.Namespace) -> dict | None:
         resume_dir, fold_from_ckpt = runs.locate_run(Path(args.resume))
         source = resume_dir / "args.json"
         saved = runs.read_args_json(source)
-        refuse_changed_settings(args, saved, source, f"--resume {args.resume}", allowed=("epochs",))
+        runs.refuse_changed_settings(args, saved, source, f"--resume {args.resume}", typed(args), allowed=("epochs",))
         if args.output_dir and Path(args.output_dir).resolve() != resume_dir.resolve():
             raise UserError(f"--output-dir {args.output_dir}: --resume continues {resume_dir} in place; "
                             f"drop --output-dir, or start a new run there without --resume")
@@ -319,7 +260,7 @@ def train(args: argparse.Namespace) -> dict | None:
     run_dir = args.run_dir = resume_dir or runs.new_run_dir(args)
     if resume_dir is None:
         runs.check_run_dir(run_dir, args)
-    check_model_input(args)
+    models.check_input_size(args.model, args.image_size, args.freeze_backbone)
     # A bad --weights fails before any data is read; a resumed run reads its file only if a fold still trains.
     start = None if resume_dir else runs.starting_weights(args)
     if args.freeze_backbone and args.backbone_lr != 1.0:
@@ -335,88 +276,9 @@ def train(args: argparse.Namespace) -> dict | None:
                  "last epoch and the learning-rate schedule goes on%s", run_dir, extended_from, args.epochs,
                  "; their momentum restarts from zero" if args.momentum else "")
     try:
-        return train_folds(args, run_dir, data, aus, folds, device)
+        return engine.train_folds(args, run_dir, data, aus, folds, device, start)
     except utils.DiskFull as e:
         raise e.with_fix(f"free some space, then continue with: {runs.resume_command(run_dir, args)}") from None
-
-
-def train_folds(args: argparse.Namespace, run_dir: Path, data: dataset.CKPlusDataset, aus: list[int],
-                folds: list[np.ndarray], device: torch.device) -> dict | None:
-    """The folds of an open run folder that are not finished (and --final), then the results."""
-    to_run = [args.fold] if args.fold is not None else list(range(args.kfold))
-    fold_dirs = [run_dir / f"fold{k}" for k in range(args.kfold)]
-    pending = [k for k in to_run
-               if not runs.fold_finished(fold_dirs[k], args, aus, k, [data.ids[i] for i in folds[k]])]
-    for k in sorted(set(to_run) - set(pending)):
-        log.info("fold %d: finished earlier, kept", k)
-
-    backbone = None
-    if pending or (args.final and args.fold is None):
-        start = start or runs.starting_weights(args)
-        log.info("weights: %s", ", ".join(f"{k} {v}" for k, v in start.record.items()))
-    if args.freeze_backbone and (pending or (args.final and args.fold is None)):
-        backbone = runs.run_backbone(run_dir, args, len(aus), start)
-        if args.weights == "none":
-            log.warning("--freeze-backbone with --weights none trains a head on random features")
-    inputs = engine.make_inputs(data, args, device, backbone)
-
-    clock = engine.Clock((args.epochs - args.start_epoch) * len(pending), args.quiet)
-    trained = {}
-    current = None
-    threads = torch.get_num_threads()
-    if inputs.features is not None and device.type == "cpu":
-        # Training a linear head on cached features is thousands of tiny matrix products: one
-        # thread is as fast, and several spin-wait each other to a crawl on a busy CPU (the
-        # 593x10x100 protocol measured 6.6 s with one thread, 330 s with two under load).
-        torch.set_num_threads(1)
-    try:
-        for k in pending:
-            current = k
-            test_idx = folds[k]
-            train_idx = np.setdiff1d(np.arange(len(data)), test_idx)
-            log.info("fold %d/%d: %d train, %d test sequences", k, args.kfold, len(train_idx), len(test_idx))
-            probs = engine.train_fold(k, train_idx, test_idx, data, inputs, aus, args, device, fold_dirs[k], clock,
-                                      backbone, start)
-            trained[k] = ([data.ids[i] for i in test_idx], [data.subjects[i] for i in test_idx], [k] * len(test_idx),
-                          data.labels[test_idx].numpy(), probs)
-            metrics.write_predictions(fold_dirs[k] / "predictions.csv", *trained[k][:2], aus, *trained[k][3:],
-                                      fold=trained[k][2])
-        current = "final"
-        if args.final and args.fold is None:
-            train_final(data, inputs, aus, args, device, run_dir, clock, backbone, start)
-    except KeyboardInterrupt:
-        where = f"fold {current}" if current != "final" else "the final model"
-        print(f"\ninterrupted in {where}; every finished epoch is saved. Resume with:\n"
-              f"  {runs.resume_command(run_dir, args)}", file=sys.stderr)
-        raise SystemExit(130)
-    finally:
-        torch.set_num_threads(threads)
-
-    # another job's fold counts once it reached this run's epochs (after an --epochs extension its
-    # predictions.csv may still be the shorter run's)
-    done = [k for k in range(args.kfold)
-            if k in trained or runs.fold_finished(fold_dirs[k], args, aus, k, [data.ids[i] for i in folds[k]])]
-    if len(done) < args.kfold:
-        log.info("%d of %d folds done in %s (%s on disk); the run's results are written when the last fold "
-                 "finishes", len(done), args.kfold, run_dir, utils.format_bytes(utils.folder_size(run_dir)))
-        return None
-    parts = [trained[k] if k in trained else runs.read_fold_predictions(fold_dirs[k], aus) for k in done]
-    results = runs.write_results(run_dir, args, aus, parts)
-    print(metrics.format_table(results, results["model"]))
-    print(f"\nrun folder: {run_dir} ({utils.format_bytes(utils.folder_size(run_dir))} on disk)")
-    return results
-
-
-def train_final(data, inputs: engine.Inputs, aus: list[int], args, device: torch.device, run_dir: Path,
-                clock: engine.Clock, backbone: dict | None, start: runs.StartingWeights | None) -> None:
-    """One more model on every sequence: the deployable model (the k-fold table stays the estimate)."""
-    final_dir = run_dir / "final"
-    if runs.checkpoint_finished(final_dir / runs.CHECKPOINT, args, aus, args.kfold, []):
-        return
-    clock.epochs_left += args.epochs - args.start_epoch
-    log.info("final model: training on all %d sequences", len(data))
-    engine.train_fold(args.kfold, np.arange(len(data)), np.array([], dtype=int), data, inputs, aus, args, device,
-                      final_dir, clock, backbone, start)
 
 
 def evaluate_run(args: argparse.Namespace) -> dict:
@@ -427,7 +289,8 @@ def evaluate_run(args: argparse.Namespace) -> dict:
     run_dir, fold_from_ckpt = runs.locate_run(path)
     source = run_dir / "args.json"
     # -e --tta may differ from the run's: a question asked of its checkpoints, not a contradiction
-    refuse_changed_settings(args, runs.read_args_json(source), source, "-e --resume", allowed=("tta",))
+    runs.refuse_changed_settings(args, runs.read_args_json(source), source, "-e --resume", typed(args),
+                                 allowed=("tta",))
     if args.fold is not None:  # -e --resume RUN --fold K: that fold's checkpoint
         if path.is_file() and fold_from_ckpt != args.fold:
             raise UserError(f"--fold {args.fold}: {path} is the checkpoint of "
@@ -438,9 +301,10 @@ def evaluate_run(args: argparse.Namespace) -> dict:
                             f"(--resume {run_dir} --fold {args.fold})")
     asked_tta = args.tta
     runs.adopt_saved_settings(args, source)
-    if asked_tta is not None and asked_tta != args.tta:
+    trained_tta = args.tta
+    if asked_tta is not None and asked_tta != trained_tta:
         log.warning("evaluating with --tta %s; the run was trained and scored with --tta %s, so the figures will "
-                    "differ from its results.json", asked_tta, args.tta)
+                    "differ from its results.json", asked_tta, trained_tta)
         args.tta = asked_tta
     fill_defaults(args)
     if path.is_dir():
@@ -523,7 +387,7 @@ def cli(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
 
     def run(args: argparse.Namespace) -> dict | None:
-        args.typed = typed_flags(argv)  # after run_cli's parse, so --help and bad values are its
+        args.typed = runs.typed_flags(get_args_parser(), argv)  # after run_cli's parse: --help and bad values are its
         return main(args)
 
     return utils.run_cli(get_args_parser(), run, argv)

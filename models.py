@@ -337,3 +337,18 @@ def build_model(name: str, num_aus: int, pretrained: bool = True, freeze_backbon
     if backbone_state is not None:
         model.load_state_dict(backbone_state)
     return AUNet(model, num_features, num_aus, config, aux_features=aux_features, frozen=freeze_backbone)
+
+
+def check_input_size(name: str, image_size: int, freeze_backbone: bool) -> None:
+    """Fail before any file is written when the model cannot train on `image_size` inputs.
+
+    The model is built on the meta device (shapes only: no memory, no initialisation) and
+    run forward once in training mode, which raises what the first real batch would."""
+    try:
+        with torch.device("meta"):
+            model = build_model(name, 2, pretrained=False, freeze_backbone=freeze_backbone)
+            model.train()
+            model(torch.empty(2, 3, image_size, image_size))
+    except RuntimeError as e:
+        raise UserError(f"--image-size {image_size} is too small for {name} "
+                        f"({str(e).splitlines()[0]}): use a larger --image-size, e.g. 224") from None

@@ -587,3 +587,51 @@ def read_fold_predictions(fold_dir: Path, aus: list[int]) -> tuple:
     if list(file_aus) != list(aus):
         raise UserError(f"{fold_dir / 'predictions.csv'} holds AUs {file_aus}, not {aus}: it belongs to another run")
     return ids, subjects, folds, targets, probs
+
+
+# ----------------------------------------------------------------------------- typed flags on a saved run
+
+
+def typed_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The dests of the flags (and paths) the user typed: a typed default (`--epochs 100`) counts,
+    which comparing values against the defaults could not tell."""
+    untouched = object()
+    # argparse leaves a value already in the namespace alone unless the flag is typed; a path
+    # not given (nargs="?") is set to None
+    start = argparse.Namespace(**dict.fromkeys(vars(parser.parse_args([])), untouched))
+    parsed = vars(parser.parse_args(argv, namespace=start))
+    return {key for key, value in parsed.items() if value is not untouched and value is not None}
+
+
+def non_default_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> set[str]:
+    """For args not parsed from a command line: the dests whose value is not the parser's default."""
+    defaults = vars(parser.parse_args([]))
+    return {key for key, value in vars(args).items() if key in defaults and value != defaults[key]}
+
+
+def flag_name(key: str) -> str:
+    """An argparse dest -> the flag a user types for it (`batch_size` -> `--batch-size`): every
+    long flag here is its dest in kebab case."""
+    return "--" + key.replace("_", "-")
+
+
+def describe_flag(key: str, value) -> str:
+    flag = flag_name(key)
+    if isinstance(value, bool):
+        return flag if value else f"no {flag}"
+    return f"{flag} {value}"
+
+
+def refuse_changed_settings(args: argparse.Namespace, saved: dict, source: Path, what: str, typed: set[str],
+                            allowed: tuple[str, ...] = ()) -> None:
+    """A run keeps its settings for life: every typed flag that disagrees with its args.json is
+    refused, all of them in one line (every key of RUN_SETTINGS, present and future)."""
+    changed = changed_settings(args, saved, typed, allowed)
+    if changed:
+        def theirs(key: str) -> str:
+            value = saved_setting(key, saved_settings(saved))
+            return describe_flag(key, value) if isinstance(value, bool) else "not set" if value is None else str(value)
+
+        listed = ", ".join(f"{describe_flag(k, getattr(args, k))} (run: {theirs(k)})" for k in changed)
+        raise UserError(f"{what} keeps the settings in {source}; these flags disagree with it: {listed}: "
+                        f"drop them, or start a new run with another --output-dir")
