@@ -305,7 +305,7 @@ def bench_frozen(dirs: list[str], args, work: Path, cache: Path) -> dict:
 def bench_finetune(data: dataset.CKPlusDataset, args, device: torch.device, work: Path, train_images: int) -> dict:
     """engine.train_one_epoch against the bare training step on the same batches, pre-normalised."""
     ns = argparse.Namespace(**{**dict.fromkeys(runs.RUN_SETTINGS), "model": MODEL, "norm": "weights", "augment": False,
-                               "batch_size": args.batch_size, "amp": False, "kfold": args.kfold})
+                               "batch_size": args.batch_size, "amp": False, "kfold": args.kfold, "loss": "sum"})
     inputs = engine.make_inputs(data, ns, device)
     torch.manual_seed(args.seed)
     model = models.build_model(MODEL, len(data.aus), pretrained=False).to(device)
@@ -357,7 +357,7 @@ def bench_finetune(data: dataset.CKPlusDataset, args, device: torch.device, work
     for epoch in range(args.repeats):
         # what train_fold writes after every epoch of a fine-tuned (unfrozen) fold
         state = runs.fold_checkpoint(model, optimizer, scheduler, scaler, epoch=epoch, fold=0, args=ns,
-                                     aus=data.aus, test_ids=data.ids[:60],
+                                     aus=data.aus, test_ids=data.ids[:60], weights={"weights": "none"},
                                      history=[{"epoch": e, "loss": 0.5, "lr": 0.01, "seconds": 1.0}
                                               for e in range(epoch + 1)])
         t0 = time.perf_counter()

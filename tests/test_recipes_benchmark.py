@@ -1,0 +1,33 @@
+"""benchmarks/recipes.py runs every row end to end at a tiny scale and reports what it promises."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+from conftest import REPO
+
+TINY = ["--subjects", "3", "--epochs", "2", "--kfold", "2", "--image-size", "64", "-b", "8", "-j", "0"]
+
+
+def test_recipes_benchmark_reports_every_row(imagenet_mobilenet, tmp_path):
+    out = tmp_path / "recipes.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "recipes.py"), *TINY, "--workdir",
+                           str(tmp_path / "work"), "--cache-dir", str(tmp_path / "cache"), "--json", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    rows = {row["name"]: row for row in report["rows"]}
+    assert list(rows) == ["old", "new", "frames", "frames-tta"]
+    assert rows["old"]["flags"] == "--loss sum" and rows["frames-tta"]["flags"] == "--frames 3 --tta flip"
+    for row in rows.values():
+        assert "error" not in row, row
+        assert math.isfinite(row["macro_f1"]) and math.isfinite(row["macro_auc"]) and row["wall_s"] > 0
+        assert [len(fold) for fold in row["fold_losses"]] == [2, 2]  # two folds, two epochs each, from metrics.csv
+        assert row["loss_rose"] == [f[1] > f[0] for f in row["fold_losses"]]
+        assert f"| {row['what']} |" in proc.stdout
+    assert report["sequences"] == rows["old"]["sequences"] > 0
+    # the same folds, the same peak frames scored: every row predicts every sequence once
+    assert len({row["sequences"] for row in rows.values()}) == 1
+    assert "--weights IMAGENET1K_V1" in proc.stdout and "--pos-weight --augment" in proc.stdout
