@@ -99,6 +99,15 @@ def _first_line(error: BaseException) -> str:
     return line if len(line) <= 160 else line[:157] + "..."
 
 
+def torch_load_safely(path: Path):
+    """torch.load onto the CPU with weights_only=True: tensors and plain data only, so a file crafted
+    to run code when unpickled is refused before anything in it runs."""
+    with warnings.catch_warnings():
+        # torch warns about the pickle protocol of files it did not write; our errors say it better
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_checkpoint(path: str | os.PathLike, required: Sequence[str] = CHECKPOINT_KEYS) -> dict:
     """Load a checkpoint written by `save_checkpoint`, safely, onto the CPU.
 
@@ -120,10 +129,7 @@ def load_checkpoint(path: str | os.PathLike, required: Sequence[str] = CHECKPOIN
         what = "is empty" if not magic else "is not a PyTorch file"
         raise UserError(f"{path} {what}, so not a checkpoint: give a checkpoint.pth written by main.py")
     try:
-        with warnings.catch_warnings():
-            # torch warns about the pickle protocol of files it did not write; the error below says it better
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load_safely(path)
     except PermissionError as e:
         raise UserError(f"checkpoint {path} cannot be read ({e.strerror}): check its permissions") from e
     except Exception as e:
@@ -314,9 +320,7 @@ def read_weights_file(path: Path, model: str) -> tuple[dict, str]:
     if path.is_dir():
         raise UserError(f"--weights {path} is a folder: give a file, e.g. {path / 'final' / CHECKPOINT}")
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load_safely(path)
     except Exception as e:
         raise UserError(f"--weights {path} is not a readable PyTorch weights file ({_first_line(e)}): give a state "
                         f"dict of {model} or a checkpoint of this program") from e
