@@ -414,7 +414,7 @@ def test_evaluate_uses_the_runs_tta_unless_told(tta_run, ck, caplog):
 
 
 def test_training_resume_refuses_another_tta(tta_run, capsys):
-    fails(capsys, ["--resume", tta_run, "--tta", "none"], "--tta none does not match", "flip")
+    fails(capsys, ["--resume", tta_run, "--tta", "none"], "--tta none (run: flip)", "disagree")
 
 
 def test_predict_uses_the_runs_tta(tta_run, ck, tmp_path):
