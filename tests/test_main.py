@@ -241,6 +241,10 @@ def test_demo_generates_its_tree_once_and_prints_the_table(tmp_path, monkeypatch
                          "--output-dir", str(tmp_path / name)]) == 0
         out = capsys.readouterr().out
         assert "| squeezenet1_1 |" in out and f"run folder: {tmp_path / name}" in out
+        # it ends with what to run next: the user's own copy, -e on this run, predict.py on this run
+        after = out.split("next:")[1]
+        assert "python main.py CK+/cohn-kanade-images" in after
+        assert f"-e --resume {tmp_path / name}" in after and f"predict.py {tmp_path / name}" in after
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith("synthetic")] == \
         ["synthetic-ckplus-6"]
 
