@@ -296,19 +296,13 @@ def _make_record(subject, seq, facs_frame, facs_path, seq_frames, landmarks, emo
         log.warning("%s_%s: FACS file codes frame %d but the last frame is %d; using frame %d",
                     subject, seq, facs_frame, peak, facs_frame)
         peak = facs_frame
-    lmk_path = landmarks.get((subject, seq, peak))
-    if lmk_path is None:
-        raise DataError(
-            f"no landmark file {subject}_{seq}_{peak:08d}_landmarks.txt for the peak frame {seq_frames[peak]} "
-            f"under {dirs['LANDMARK_DIR']}: restore it, or pass --skip-bad",
-            "no landmarks",
-        )
     return Sequence(
         subject=subject,
         sequence=seq,
         frame=peak,
         image_path=seq_frames[peak],
-        landmarks=read_landmarks(lmk_path),
+        landmarks=_frame_landmarks(subject, seq, peak, f"the peak frame {seq_frames[peak]}", landmarks, dirs,
+                                   "restore it, or pass --skip-bad"),
         aus=read_facs(facs_path),
         emotion=read_emotion(emotion_path) if emotion_path is not None else None,
     )
@@ -321,14 +315,18 @@ def _earlier_frames(numbers: Iterable[int], peak: int, frames: int) -> list[int]
 
 
 def _make_frame(subject, seq, number, image_path, landmarks, dirs) -> Frame:
+    return Frame(subject, seq, number, image_path,
+                 _frame_landmarks(subject, seq, number, f"the frame {image_path}", landmarks, dirs,
+                                  "restore it, lower --frames, or pass --skip-bad"))
+
+
+def _frame_landmarks(subject, seq, number, which: str, landmarks, dirs, fix: str) -> np.ndarray:
+    """The landmarks of one frame, or a DataError naming the landmark file that is missing."""
     lmk_path = landmarks.get((subject, seq, number))
     if lmk_path is None:
-        raise DataError(
-            f"no landmark file {ckplus.file_name('landmarks', subject, seq, number)} for the frame {image_path} "
-            f"under {dirs['LANDMARK_DIR']}: restore it, lower --frames, or pass --skip-bad",
-            "no landmarks",
-        )
-    return Frame(subject, seq, number, image_path, read_landmarks(lmk_path))
+        raise DataError(f"no landmark file {ckplus.file_name('landmarks', subject, seq, number)} for {which} "
+                        f"under {dirs['LANDMARK_DIR']}: {fix}", "no landmarks")
+    return read_landmarks(lmk_path)
 
 
 # ----------------------------------------------------------------------------- labels

@@ -449,8 +449,10 @@ def train_folds(args: argparse.Namespace, run_dir: Path, data: dataset.CKPlusDat
 
     # another job's fold counts once it reached this run's epochs (after an --epochs extension its
     # predictions.csv may still be the shorter run's)
+    finished_before = set(to_run) - set(pending)  # checked above: their checkpoints need not be read again
     done = [k for k in range(args.kfold)
-            if k in trained or runs.fold_finished(fold_dirs[k], args, aus, k, [data.ids[i] for i in folds[k]])]
+            if k in trained or k in finished_before
+            or runs.fold_finished(fold_dirs[k], args, aus, k, [data.ids[i] for i in folds[k]])]
     if len(done) < args.kfold:
         log.info("%d of %d folds done in %s (%s on disk); the run's results are written when the last fold "
                  "finishes", len(done), args.kfold, run_dir, utils.format_bytes(utils.folder_size(run_dir)))

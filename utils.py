@@ -6,6 +6,7 @@ Importing it imports neither torch nor numpy, so synthetic.py and other light sc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import errno
 import io
@@ -15,6 +16,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -176,6 +178,15 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Seq
     writer.writerow(header)
     writer.writerows(rows)
     return atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
+
+
+def work_folder(stack: contextlib.ExitStack, path: str | os.PathLike | None, prefix: str) -> Path:
+    """Where a benchmark keeps its runs: `path`, created and kept, or else a temporary folder that
+    `stack` removes when it closes."""
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        return Path(path)
+    return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
 
 
 def clean_temp_files(directory: str | os.PathLike) -> list[Path]:

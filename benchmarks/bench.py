@@ -29,7 +29,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from itertools import accumulate
 from pathlib import Path
@@ -467,11 +466,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     device = engine.resolve_device("auto")
     report: dict = {"system": system_info(device), "args": vars(args).copy()}
     with contextlib.ExitStack() as stack:
-        if args.workdir:
-            work = Path(args.workdir)
-            work.mkdir(parents=True, exist_ok=True)
-        else:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="au-bench-")))
+        work = utils.work_folder(stack, args.workdir, "au-bench-")
         dirs = prepare_tree(work / f"ckplus-{args.sequences}-seed{args.seed}", args.sequences, args.seed)
         scratch = work / f"scratch-{os.getpid()}"
         stack.callback(shutil.rmtree, scratch, True)

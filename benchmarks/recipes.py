@@ -31,7 +31,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -170,11 +169,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                     "settings": {k: v for k, v in vars(args).items() if k not in ("json", "workdir", "cache_dir")},
                     "common_flags": common_flags(args)}
     with contextlib.ExitStack() as stack:
-        if args.workdir:
-            work = Path(args.workdir)
-            work.mkdir(parents=True, exist_ok=True)
-        else:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="au-recipes-")))
+        work = utils.work_folder(stack, args.workdir, "au-recipes-")
         dirs = prepare_tree(args, work)
         report["rows"] = [run_row(name, dirs, args, work) for name in names]
     report["sequences"] = next((row["sequences"] for row in report["rows"] if "sequences" in row), None)
