@@ -17,7 +17,6 @@ import pytest
 import torchvision
 
 import main
-import utils
 import metrics
 EPOCHS, KFOLD, BATCH = 3, 3, 8  # three epochs, so passes per epoch cannot pass for a single one
 FEATURE_BATCH = 64  # compute_features' batch: max(--batch-size, 64)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import utils
 import metrics
 
 REPO = Path(__file__).resolve().parent.parent

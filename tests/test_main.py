@@ -13,7 +13,6 @@ import engine
 import main
 import metrics
 import runs
-import utils
 from conftest import FAST, run_cli
 
 FOLD_FILES = ("checkpoint.pth", "metrics.csv", "predictions.csv")
