@@ -59,3 +59,24 @@ def test_disk_table_estimates_match_real_checkpoints():
     finished, finished_estimate, training, training_estimate = numbers
     assert abs(finished - finished_estimate) < 0.01 * finished and abs(training - training_estimate) < 0.01 * training
     assert 1.95 < training / finished < 2.05  # momentum doubles a checkpoint while a fold trains
+
+
+def test_gpu_benchmark_times_every_mode_or_says_it_needs_cuda(tmp_path):
+    """benchmarks/gpu.py: on a machine without CUDA one line says so; with CUDA, a tiny table has a
+    row per mode."""
+    import torch
+
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--models", "res18", "--batches", "1",
+                           "-b", "4", "--repeats", "1", "--no-runs", "--json", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    if not torch.cuda.is_available():
+        assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+            "error: benchmarks/gpu.py needs a CUDA GPU (torch.cuda.is_available() is False here)"]
+        assert not out.exists()
+        return
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["speed"]
+    assert [r["mode"] for r in rows] == ["float32", "float32 + channels_last", "amp", "amp + channels_last",
+                                         "amp + channels_last + cudnn.benchmark"]
+    assert all(r["train_img_s"] > 0 and r["eval_img_s"] > 0 for r in rows)

@@ -18,7 +18,7 @@ import main
 import predict
 import utils
 import metrics
-from conftest import FAST, REPO
+from conftest import FAST, close, REPO
 
 # ----------------------------------------------------------------------------- helpers and fixtures
 
@@ -133,7 +133,7 @@ def test_mean_of_folds_is_the_mean_of_each_fold_checkpoint(folder_predictions, r
     each = [probs_of(folder_predictions[f"fold{k}"], run.aus) for k in range(run.kfold)]
     assert all([r["file"] for r in folder_predictions[f"fold{k}"]] == [str(p) for p in peak_frames(ck)]
                for k in range(run.kfold))
-    np.testing.assert_allclose(mean, np.mean(each, axis=0), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(mean, np.mean(each, axis=0), rtol=0, atol=close(1e-7))
 
 
 def test_a_checkpoint_file_uses_that_model_only(folder_predictions, run):
@@ -151,7 +151,7 @@ def test_probabilities_match_what_training_evaluated(folder_predictions, run, ck
         ids, _, _, aus, _, expected = metrics.read_predictions(run.dir / f"fold{k}" / "predictions.csv")
         rows = by_file(folder_predictions[f"fold{k}"])
         got = probs_of([rows[str(peak_frame(ck, seq_id))] for seq_id in ids], aus)
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=close(1e-5))
 
 
 def test_frozen_backbone_run_matches_training_and_prefers_its_final_model(final_run, ck, tmp_path, capsys):
@@ -160,7 +160,7 @@ def test_frozen_backbone_run_matches_training_and_prefers_its_final_model(final_
     rc, _, _ = call(capsys, final_run.dir / "fold1" / "checkpoint.pth", *peaks, "--landmarks", ck.landmarks,
                     "--out", tmp_path / "fold1.csv")
     assert rc == 0
-    np.testing.assert_allclose(probs_of(read_rows(tmp_path / "fold1.csv"), aus), expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(probs_of(read_rows(tmp_path / "fold1.csv"), aus), expected, rtol=0, atol=close(1e-5))
 
     rc, out, _ = call(capsys, final_run.dir, *peaks[:3], "--landmarks", ck.landmarks, "--out", tmp_path / "run.csv")
     assert rc == 0 and "models: final" in out
@@ -189,7 +189,7 @@ def test_colour_photos_are_turned_gray_as_in_training(final_run, ck, tmp_path, c
     from_colour, from_gray = read_rows(tmp_path / "p.csv")
     assert rc == 0 and from_colour["status"] == from_gray["status"] == "ok"
     np.testing.assert_allclose(probs_of([from_colour], final_run.aus), probs_of([from_gray], final_run.aus),
-                               rtol=0, atol=1e-7)
+                               rtol=0, atol=close(1e-7))
 
 
 def test_threshold_comes_from_the_run(final_run, ck, tmp_path, capsys):
@@ -452,7 +452,7 @@ def test_a_video_gives_a_row_per_frame_with_its_number_and_time(final_run, clip,
                        "--quiet") == 0
     as_photo = by_file(read_rows(tmp_path / "p.csv"))
     expected = [as_photo[str(p)] for p in clip.order if p is not None]
-    np.testing.assert_allclose(probs_of(rows, final_run.aus), probs_of(expected, final_run.aus), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(probs_of(rows, final_run.aus), probs_of(expected, final_run.aus), rtol=0, atol=close(1e-6))
     assert [[r[k] for k in ("x0", "y0", "x1", "y1")] for r in rows] == \
            [[r[k] for k in ("x0", "y0", "x1", "y1")] for r in expected]
     assert all(e["frame"] == e["time_s"] == "" for e in expected)  # photos have no frame or time
@@ -477,7 +477,7 @@ def test_every_nth_frame_and_batches_give_the_same_rows(final_run, clip, pixels_
            [{k: v for k, v in r.items() if not k.startswith("prob_")} for r in same]
     faces = [r for r in rows if r["status"] == "ok"]
     np.testing.assert_allclose(probs_of(faces, final_run.aus), probs_of([every[r["frame"]] for r in faces],
-                                                                        final_run.aus), rtol=0, atol=1e-6)
+                                                                        final_run.aus), rtol=0, atol=close(1e-6))
     assert max(sizes) == 2 and sum(sizes) == sum(r["status"] == "ok" for r in rows)  # -b bounds the faces held
 
 
@@ -546,7 +546,7 @@ def test_a_rotated_video_is_turned_upright(final_run, clip, pixels_finder, tmp_p
     rc, _, _ = call(capsys, final_run.dir, rotated, upright, "--out", tmp_path / "p.csv")
     rows = read_rows(tmp_path / "p.csv")
     assert rc == 0 and [r["status"] for r in rows] == ["ok"] * 4
-    np.testing.assert_allclose(probs_of(rows[:2], final_run.aus), probs_of(rows[2:], final_run.aus), atol=1e-6)
+    np.testing.assert_allclose(probs_of(rows[:2], final_run.aus), probs_of(rows[2:], final_run.aus), atol=close(1e-6))
 
 
 def test_draw_writes_an_annotated_video_and_a_plot_per_video(final_run, clip, pixels_finder, tmp_path, capsys):
@@ -654,4 +654,4 @@ def test_dlib_follows_faces_across_frames_as_it_finds_them_in_photos(astronaut, 
         got = sorted((key(r), r) for r in video_rows if int(r["frame"]) == frame)
         want = sorted((key(r), r) for r in photo_rows if r["file"] == str(photo))
         np.testing.assert_allclose(probs_of([r for _, r in got], final_run.aus),
-                                   probs_of([r for _, r in want], final_run.aus), rtol=0, atol=1e-6)
+                                   probs_of([r for _, r in want], final_run.aus), rtol=0, atol=close(1e-6))

@@ -25,7 +25,7 @@ import models
 import predict
 import preprocess
 import runs
-from conftest import FAST, MOBILENET_V1_FILE
+from conftest import FAST, close, MOBILENET_V1_FILE
 
 ONE_FOLD = [*FAST, "--epochs", "1", "--fold", "0"]
 # The original's frozen protocol at test size: random AlexNet features, only the head trains.
@@ -64,7 +64,7 @@ def train_spied(monkeypatch, argv: list) -> FirstEpochSpy:
 
 
 def same_state(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
 
 
 def fails(capsys, argv: list, *needles: str) -> str:
@@ -394,7 +394,7 @@ def test_a_tta_run_scores_its_test_fold_with_mirror_images(tta_run, ck):
     with torch.no_grad():
         plain = torch.sigmoid(model(preprocess.prepare_batch(crops, config.mean, config.std)))
         mirrored = torch.sigmoid(model(preprocess.prepare_batch(crops.flip(-1), config.mean, config.std)))
-    np.testing.assert_allclose(probs, ((plain + mirrored) / 2).numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(probs, ((plain + mirrored) / 2).numpy(), rtol=0, atol=close(1e-6))
     assert json.loads((tta_run / "args.json").read_text())["tta"] == "flip"
 
 
@@ -410,7 +410,7 @@ def test_evaluate_uses_the_runs_tta_unless_told(tta_run, ck, caplog):
     with torch.no_grad():
         plain = torch.sigmoid(model(preprocess.prepare_batch(peak_crops(ck, fold0(tta_run)[0]), config.mean,
                                                              config.std)))
-    np.testing.assert_allclose(metrics.read_predictions(evaluated)[-1], plain.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(metrics.read_predictions(evaluated)[-1], plain.numpy(), rtol=0, atol=close(1e-6))
 
 
 def test_training_resume_refuses_another_tta(tta_run, capsys):
@@ -427,7 +427,7 @@ def test_predict_uses_the_runs_tta(tta_run, ck, tmp_path):
         rows = {r["file"]: r for r in csv.DictReader(f)}
     aus = metrics.read_predictions(tta_run / "fold0" / "predictions.csv")[3]
     got = np.array([[float(rows[str(p)][f"prob_AU{a}"]) for a in aus] for p in peaks])
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=close(1e-5))
     assert {r["models"] for r in rows.values()} == {"fold0 checkpoint, flip TTA"}
 
 
