@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import multilabel_confusion_matrix, roc_auc_score
 
 from utils import UserError, atomic_write_bytes, au_name, write_csv, write_json
 
@@ -53,6 +52,8 @@ def compute_metrics(targets: np.ndarray, probs: np.ndarray, aus: Sequence[int], 
         precision = np.where(predicted > 0, tp / predicted, 0.0)  # nothing predicted on: precision 0
         recall = np.where(has_pos, tp / support, np.nan)
         f1 = np.where(has_pos, 2 * tp / (2 * tp + fp + fn), np.nan)
+    from sklearn.metrics import roc_auc_score  # imported here: ~1 s that predict.py and an early stop never need
+
     auc = np.full(len(aus), np.nan)
     two_classes = has_pos & (support < len(targets))  # ROC AUC needs positives and negatives
     if two_classes.sum() == 1:
@@ -80,6 +81,8 @@ def compute_metrics(targets: np.ndarray, probs: np.ndarray, aus: Sequence[int], 
 
 def confusion_counts(targets: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, np.ndarray]:
     """TP / FP / FN / TN per AU column, each an (A,) int array (scikit-learn's multilabel confusion)."""
+    from sklearn.metrics import multilabel_confusion_matrix
+
     y = np.asarray(targets).astype(int)
     p = (np.asarray(probs) > threshold).astype(int)
     if y.shape[1] == 1:

@@ -233,24 +233,51 @@ def fold_sizes(run_dir: Path, kfold: int) -> tuple[int, list[int]]:
 
 
 def bench_frozen(dirs: list[str], args, work: Path, cache: Path) -> dict:
-    """The frozen protocol with the feature cache, end to end, against the recompute path."""
+    """The frozen protocol with the feature cache, end to end, against the recompute path.
+
+    A run whose settings another measurement needs too is run once: with the check's settings
+    equal to the protocol's (the tiny scales of a smoke test), the check reuses the cached run,
+    and the recompute timing is read off fold 0 of the check's recompute run."""
     run_root = work / "runs"
+    check_size = (args.check_epochs, args.check_kfold, args.check_image_size)
+    check_is_cached_run = check_size == (args.epochs, args.kfold, args.image_size)
+    check_times_recompute = check_size == (args.recompute_epochs, args.kfold, args.image_size)
+
+    def frozen_run(name: str, *, epochs: int, kfold: int, size: int, extra: tuple[str, ...] = ()) -> Path:
+        run_dir = run_root / name
+        run_main(frozen_argv(dirs, args, run_dir, cache, epochs=epochs, kfold=kfold, size=size, extra=extra))
+        return run_dir
+
     # 1. the whole protocol, cached, end to end (the crop cache is warm: bench_index filled it)
-    cached_dir = run_root / "cached"
     t0 = time.perf_counter()
-    run_main(frozen_argv(dirs, args, cached_dir, cache, epochs=args.epochs, kfold=args.kfold, size=args.image_size))
+    cached_dir = frozen_run("cached", epochs=args.epochs, kfold=args.kfold, size=args.image_size)
     cached_s = time.perf_counter() - t0
     n, tests = fold_sizes(cached_dir, args.kfold)
     train_images = sum(n - t for t in tests) * args.epochs  # every epoch of every fold
     features_s = features_seconds(cached_dir)
     epochs_s = sum(sum(epoch_seconds(cached_dir, k)) for k in range(args.kfold))
     log(f"frozen, cached: {cached_s:.1f}s end to end ({features_s:.1f}s features, {epochs_s:.1f}s in epochs)")
-    shutil.rmtree(cached_dir)
 
-    # 2. the recompute path: a few epochs of fold 0, per training image, extrapolated
-    recompute_dir = run_root / "recompute"
-    run_main(frozen_argv(dirs, args, recompute_dir, cache, epochs=args.recompute_epochs, kfold=args.kfold,
-                         size=args.image_size, extra=("--no-feature-cache", "--fold", "0")))
+    # 2. both paths on one short identical run: how far apart are their predictions?
+    check_dirs = [cached_dir if check_is_cached_run else
+                  frozen_run("check-cached", epochs=args.check_epochs, kfold=args.check_kfold,
+                             size=args.check_image_size),
+                  frozen_run("check-recompute", epochs=args.check_epochs, kfold=args.check_kfold,
+                             size=args.check_image_size, extra=("--no-feature-cache",))]
+    preds, f1 = [], []
+    for run_dir in check_dirs:
+        preds.append(metrics.read_predictions(run_dir / "predictions.csv"))
+        results = json.loads((run_dir / "results.json").read_text())
+        f1.append([results["macro"]["f1"], *(m["f1"] for m in results["per_au"].values())])
+    if preds[0][0] != preds[1][0]:
+        raise SystemExit("the cached and recompute runs predicted different sequences: a bug in main.py")
+    max_abs_diff = float(np.abs(preds[0][5] - preds[1][5]).max())
+    log(f"frozen, check: max |p_cached - p_recompute| = {max_abs_diff:.2e}")
+
+    # 3. the recompute path: a few epochs of fold 0, per training image, extrapolated
+    recompute_dir = check_dirs[1] if check_times_recompute else \
+        frozen_run("recompute", epochs=args.recompute_epochs, kfold=args.kfold, size=args.image_size,
+                   extra=("--no-feature-cache", "--fold", "0"))
     seconds = epoch_seconds(recompute_dir, 0)
     timed = seconds[1:] or seconds  # the first epoch warms up the allocator and oneDNN's kernels
     # The fastest epoch: a busy machine only slows epochs down, and the estimate (so the
@@ -262,22 +289,7 @@ def bench_frozen(dirs: list[str], args, work: Path, cache: Path) -> dict:
     recompute_s = cached_s - epochs_s - features_s + recompute_epochs_s
     log(f"frozen, recompute: {min(timed):.2f}s per epoch of {n - tests[0]} images "
         f"-> {recompute_s:.0f}s extrapolated")
-    shutil.rmtree(recompute_dir)
-
-    # 3. both paths on one short identical run: how far apart are their predictions?
-    preds, f1 = [], []
-    for name, extra in (("check-cached", ()), ("check-recompute", ("--no-feature-cache",))):
-        run_dir = run_root / name
-        run_main(frozen_argv(dirs, args, run_dir, cache, epochs=args.check_epochs, kfold=args.check_kfold,
-                             size=args.check_image_size, extra=extra))
-        preds.append(metrics.read_predictions(run_dir / "predictions.csv"))
-        results = json.loads((run_dir / "results.json").read_text())
-        f1.append([results["macro"]["f1"], *(m["f1"] for m in results["per_au"].values())])
-        shutil.rmtree(run_dir)
-    if preds[0][0] != preds[1][0]:
-        raise SystemExit("the cached and recompute runs predicted different sequences: a bug in main.py")
-    max_abs_diff = float(np.abs(preds[0][5] - preds[1][5]).max())
-    log(f"frozen, check: max |p_cached - p_recompute| = {max_abs_diff:.2e}")
+    shutil.rmtree(run_root)
 
     return {
         "cached_s": round(cached_s, 2),
@@ -294,7 +306,8 @@ def bench_frozen(dirs: list[str], args, work: Path, cache: Path) -> dict:
                                "epoch_s": spread(timed), "train_images": n - tests[0]},
         "recompute_epochs_only_s": round(recompute_epochs_s, 1),
         "check": {"epochs": args.check_epochs, "kfold": args.check_kfold, "image_size": args.check_image_size,
-                  "sequences": len(preds[0][0])},
+                  "sequences": len(preds[0][0]), "reused_cached_run": check_is_cached_run,
+                  "recompute_timed_in_check": check_times_recompute},
     }
 
 

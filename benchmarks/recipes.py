@@ -12,7 +12,10 @@ folds, the same learning rate, batch, augmentation and positive weights for ever
   summed, so a shared backbone gets every AU's gradient at --lr);
 - new defaults: `--loss auto` (the mean over AUs when the backbone trains);
 - new + `--frames 3`: training on the last 3 frames of each training sequence;
-- new + `--frames 3 --tta flip`: and scoring each test face with its mirror image.
+- new + `--frames 3 --tta flip`: and scoring each test face with its mirror image. TTA changes
+  only how the test faces are scored, so when the `--frames 3` row ran, this row is its
+  checkpoints scored again (`python main.py -e --resume RUN --tta flip`), not a second training;
+  its wall time is the scoring's, and its losses are that run's.
 
 It prints macro F1 and macro ROC AUC of the pooled out-of-fold predictions, the wall time of
 each run, and whether each fold's training loss rose from epoch 1 to epoch 2 (metrics.csv):
@@ -107,25 +110,44 @@ def fold_losses(run_dir: Path, kfold: int) -> list[list[float]]:
     return losses
 
 
-def run_row(name: str, dirs: list[str], args: argparse.Namespace, work: Path) -> dict:
-    """One main.py run -> its figures, or why it failed."""
-    what, flags = ROWS[name]
-    run_dir = work / f"run-{name}"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    argv = [*dirs, *common_flags(args), *flags, "-j", str(args.workers), "--cache-dir", args.cache_dir,
-            "--output-dir", str(run_dir), "--quiet"]
-    log(f"{what}: python main.py ... {' '.join(flags)}")
+# A row that is another row's checkpoints scored with other flags: name -> (that row, the -e flags)
+SCORED = {"frames-tta": ("frames", ["--tta", "flip"])}
+
+
+def main_py(argv: list[str]) -> tuple[float, str | None]:
+    """`python main.py ARGV` -> (wall seconds, None, or the last line it printed when it failed)."""
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, str(REPO / "main.py"), *argv], capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    if done.returncode == 0:
+        return wall, None
+    return wall, (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+
+
+def run_row(name: str, dirs: list[str], args: argparse.Namespace, work: Path, done: dict) -> dict:
+    """One main.py run -> its figures, or why it failed. `done`: the rows already run (by name)."""
+    what, flags = ROWS[name]
+    run_dir = work / f"run-{name}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    source, e_flags = SCORED.get(name, (None, None))
+    if source and "error" not in done.get(source, {"error": ""}):
+        trained = work / f"run-{source}"  # trained alike: only the scoring differs
+        log(f"{what}: python main.py -e --resume {trained} {' '.join(e_flags)}")
+        wall, error = main_py(["-e", "--resume", str(trained), *e_flags, "--output-dir", str(run_dir), "--quiet"])
+    else:
+        trained = run_dir
+        log(f"{what}: python main.py ... {' '.join(flags)}")
+        wall, error = main_py([*dirs, *common_flags(args), *flags, "-j", str(args.workers), "--cache-dir",
+                               args.cache_dir, "--output-dir", str(run_dir), "--quiet"])
     row = {"name": name, "what": what, "flags": " ".join(flags), "wall_s": round(wall, 1)}
-    if done.returncode != 0:
-        lines = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()
-        row["error"] = lines[-1]
-        log(f"{what}: main.py failed (exit {done.returncode}): {lines[-1]}")
+    if trained != run_dir:
+        row["scored_from"] = source
+    if error:
+        row["error"] = error
+        log(f"{what}: main.py failed: {error}")
         return row
     results = json.loads((run_dir / "results.json").read_text())
-    losses = fold_losses(run_dir, args.kfold)
+    losses = fold_losses(trained, args.kfold)
     row.update(macro_f1=results["macro"]["f1"], macro_auc=results["macro"]["auc"], sequences=results["sequences"],
                fold_losses=losses, loss_rose=[len(f) > 1 and f[1] > f[0] for f in losses])
     log(f"{what}: macro F1 {row['macro_f1']:.3f}, AUC {row['macro_auc']:.3f}, {wall:.0f}s")
@@ -154,8 +176,9 @@ def format_table(report: dict) -> str:
             continue
         trend = ", ".join(f"{f[0]:.3f} -> {f[1]:.3f} {'ROSE' if rose else 'fell'}" if len(f) > 1 else "one epoch"
                           for f, rose in zip(row["fold_losses"], row["loss_rose"]))
+        wall = f"{row['wall_s']:.0f} s" + (f" (scoring the {row['scored_from']} run)" if "scored_from" in row else "")
         lines.append(f"| {row['what']} | {flags} | {fmt(row['macro_f1'])} | {fmt(row['macro_auc'])} | "
-                     f"{row['wall_s']:.0f} s | {trend} |")
+                     f"{wall} | {trend} |")
     return "\n".join(lines)
 
 
@@ -171,7 +194,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     with contextlib.ExitStack() as stack:
         work = utils.work_folder(stack, args.workdir, "au-recipes-")
         dirs = prepare_tree(args, work)
-        report["rows"] = [run_row(name, dirs, args, work) for name in names]
+        done: dict = {}
+        for name in names:
+            done[name] = run_row(name, dirs, args, work, done)
+        report["rows"] = list(done.values())
     report["sequences"] = next((row["sequences"] for row in report["rows"] if "sequences" in row), None)
     report["system"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     print(format_table(report))

@@ -36,6 +36,9 @@ def test_bench_reports_every_figure(tmp_path):
     assert report["frozen"]["f1_equal"] is True
     assert math.isfinite(report["finetune"]["overhead_pct"])
     assert report["frozen"]["recompute_measured"]["epochs"] == 2
+    # At this scale the check's settings are the protocol's: its runs are the measured ones, not re-run.
+    assert report["frozen"]["check"]["reused_cached_run"] is True
+    assert report["frozen"]["check"]["recompute_timed_in_check"] is True
     for key in ("torch", "threads", "cpu_count", "device"):
         assert report["system"][key]
     # Targets are judged only at CK+ scale; the predictions check is judged at any scale.
@@ -61,22 +64,27 @@ def test_disk_table_estimates_match_real_checkpoints():
     assert 1.95 < training / finished < 2.05  # momentum doubles a checkpoint while a fold trains
 
 
-def test_gpu_benchmark_times_every_mode_or_says_it_needs_cuda(tmp_path):
-    """benchmarks/gpu.py: on a machine without CUDA one line says so; with CUDA, a tiny table has a
-    row per mode."""
+def test_gpu_benchmark_times_every_mode_or_says_it_needs_cuda(tmp_path, monkeypatch, capsys):
+    """benchmarks/gpu.py: on a machine without CUDA it stops with one line saying so; with CUDA, a
+    tiny table has a row per mode."""
+    import pytest
     import torch
 
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import gpu
+
     out = tmp_path / "gpu.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--models", "res18", "--batches", "1",
-                           "-b", "4", "--repeats", "1", "--no-runs", "--json", str(out)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    args = gpu.get_args_parser().parse_args(["--models", "res18", "--batches", "1", "-b", "4", "--repeats", "1",
+                                             "--no-runs", "--json", str(out)])
     if not torch.cuda.is_available():
-        assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
-            "error: benchmarks/gpu.py needs a CUDA GPU (torch.cuda.is_available() is False here)"]
+        with pytest.raises(SystemExit) as stop:
+            gpu.run(args)
+        assert str(stop.value) == "error: benchmarks/gpu.py needs a CUDA GPU (torch.cuda.is_available() is False here)"
         assert not out.exists()
         return
-    assert proc.returncode == 0, proc.stderr
+    gpu.run(args)
     rows = json.loads(out.read_text())["speed"]
     assert [r["mode"] for r in rows] == ["float32", "float32 + channels_last", "amp", "amp + channels_last",
                                          "amp + channels_last + cudnn.benchmark"]
     assert all(r["train_img_s"] > 0 and r["eval_img_s"] > 0 for r in rows)
+    assert "| res18 | 224 | amp + channels_last |" in capsys.readouterr().out

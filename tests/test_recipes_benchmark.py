@@ -30,4 +30,9 @@ def test_recipes_benchmark_reports_every_row(imagenet_mobilenet, tmp_path):
     assert report["sequences"] == rows["old"]["sequences"] > 0
     # the same folds, the same peak frames scored: every row predicts every sequence once
     assert len({row["sequences"] for row in rows.values()}) == 1
+    # TTA changes only the scoring: that row is the --frames 3 run's checkpoints scored with -e --tta flip
+    assert rows["frames-tta"]["scored_from"] == "frames" and "scored_from" not in rows["frames"]
+    assert rows["frames-tta"]["fold_losses"] == rows["frames"]["fold_losses"]
+    assert not list((tmp_path / "work" / "run-frames-tta").rglob("checkpoint.pth"))  # no second training
+    assert "(scoring the frames run)" in proc.stdout
     assert "--weights IMAGENET1K_V1" in proc.stdout and "--pos-weight --augment" in proc.stdout

@@ -378,8 +378,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(point, n, ck, straight,
     if point == "checkpoint":  # the good checkpoint of the epoch before is intact
         assert runs.load_checkpoint(run_dir / "fold1" / "checkpoint.pth")["epoch"] == 0
 
-    resumed = run_cli("--resume", run_dir, "--quiet")
-    assert resumed.returncode == 0, resumed.stderr
+    assert main.cli(["--resume", str(run_dir), "--quiet"]) == 0  # resumed in this process: the child's import spared
     assert read_run(run_dir) == straight
     assert not list(run_dir.rglob("*.tmp-*"))
     for k in range(3):
@@ -403,9 +402,7 @@ def test_ctrl_c_saves_and_prints_the_command_that_resumes(ck, straight, tmp_path
     assert "Traceback" not in err and "interrupted in fold 1" in err
     command = err.strip().splitlines()[-1].strip()
     assert command.startswith("python main.py") and "--resume" in command
-    resumed = subprocess.run([sys.executable, *shlex.split(command)[1:], "--quiet"], cwd=REPO, capture_output=True,
-                             text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+    assert main.cli([*shlex.split(command)[2:], "--quiet"]) == 0  # the printed command, run in this process
     assert read_run(run_dir) == straight
     assert math.isfinite(read_run(run_dir)[1]["f1"])
 
