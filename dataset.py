@@ -381,7 +381,8 @@ def default_cache_dir() -> Path:
     return Path(base) / "au-recognition"
 
 
-DEMO_SUBJECTS = 60
+DEMO_SUBJECTS = 120
+DEMO_FRAMES = 2  # frames per demo sequence (neutral and peak): the demo trains on peaks, and frames cost time
 
 
 def demo_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -402,7 +403,7 @@ def ensure_demo_tree(cache_dir: str | os.PathLike | None = None) -> Path:
         tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
         if tmp.exists():
             shutil.rmtree(tmp)
-        synthetic.generate(tmp, subjects=DEMO_SUBJECTS, seed=0)
+        synthetic.generate(tmp, subjects=DEMO_SUBJECTS, seed=0, min_frames=DEMO_FRAMES, max_frames=DEMO_FRAMES)
         os.replace(tmp, root)
     return root
 
