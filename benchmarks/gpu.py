@@ -59,7 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-runs", action="store_true", help="the speed table only, no end-to-end runs")
     p.add_argument("--run-model", default="res18", metavar="NAME", help="backbone of the end-to-end runs")
     p.add_argument("--run-args", default="--kfold 5 --epochs 18 --step 6 --gamma 0.5 -b 16 --lr 0.02 --image-size 64 "
-                   "--loss sum", metavar="ARGS", help="main.py settings of the end-to-end runs (--demo's)")
+                   "--loss sum", metavar="ARGS", help="main.py settings of the end-to-end runs (the demo's of before it had 2 folds)")
     p.add_argument("--subjects", type=int, default=60, metavar="N", help="subjects in the synthetic CK+ of the runs")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the synthetic CK+, the images and the runs")
     p.add_argument("--workdir", metavar="DIR", default=None, help="keep the synthetic CK+ and the runs here")

@@ -1,6 +1,6 @@
 """Does fine-tuning keep its pretrained features? The old recipe against the new, end to end.
 
-    python benchmarks/recipes.py                               # the demo's 60-subject synthetic CK+
+    python benchmarks/recipes.py                               # a 60-subject synthetic CK+ (kept in the cache)
     python benchmarks/recipes.py --json /tmp/recipes.json      # also write the figures as JSON
     python benchmarks/recipes.py --subjects 4 --epochs 2 --kfold 2 --image-size 64   # a smoke test
 
@@ -47,6 +47,7 @@ import synthetic  # noqa: E402
 import utils  # noqa: E402
 
 MODEL = "mobilenet_v2"
+SUBJECTS = 60  # the synthetic CK+ the README's table was measured on (the demo's tree before it shrank to 2 frames)
 # name -> (what the row is, its own flags on top of the common ones)
 ROWS = {
     "old": ("old recipe (summed per-AU loss)", ["--loss", "sum"]),
@@ -59,9 +60,9 @@ ROWS = {
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recipes.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--subjects", type=int, default=dataset.DEMO_SUBJECTS, metavar="N",
-                   help=f"synthetic subjects ({dataset.DEMO_SUBJECTS}: the demo's tree, kept in --cache-dir; "
-                        f"another number: a tree generated in --workdir)")
+    p.add_argument("--subjects", type=int, default=SUBJECTS, metavar="N",
+                   help="synthetic subjects of the tree, generated (with sequences of 3-6 frames, which --frames 3 "
+                        "needs) in --cache-dir once")
     p.add_argument("--weights", default="IMAGENET1K_V1", metavar="NAME|FILE", help="main.py --weights")
     p.add_argument("--epochs", type=int, default=6, metavar="N", help="epochs per fold")
     p.add_argument("--step", type=int, default=2, metavar="N", help="main.py --step")
@@ -73,9 +74,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("-j", "--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
                    help="main.py -j (crop workers for a cold crop cache)")
     p.add_argument("--cache-dir", metavar="DIR", default=str(dataset.default_cache_dir()),
-                   help="main.py --cache-dir: crop caches and the demo's tree")
+                   help="main.py --cache-dir: crop caches, and the benchmark's synthetic CK+")
     p.add_argument("--workdir", metavar="DIR", default=None,
-                   help="keep the run folders (and a generated tree) here (default: a temporary folder, removed)")
+                   help="keep the run folders here (default: a temporary folder, removed)")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the figures to this JSON file")
     return p
 
@@ -84,14 +85,17 @@ def log(message: str) -> None:
     print(f"[recipes {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def prepare_tree(args: argparse.Namespace, work: Path) -> list[str]:
-    """The three CK+ folders main.py takes: the demo's tree, or one of --subjects subjects in `work`."""
-    if args.subjects == dataset.DEMO_SUBJECTS:
-        root = dataset.ensure_demo_tree(args.cache_dir)
-    else:
-        root = work / f"ckplus-{args.subjects}"
-        if not ckplus.folders(root)["frame"].is_dir():
-            synthetic.generate(root, subjects=args.subjects, seed=0)
+def prepare_tree(args: argparse.Namespace) -> list[str]:
+    """The three CK+ folders main.py takes, of a synthetic CK+ of --subjects subjects (seed 0, the
+    generator's 3-6 frames per sequence) kept in --cache-dir: generated on first use, into a
+    temporary name renamed when complete."""
+    root = Path(args.cache_dir) / f"recipes-ckplus-{args.subjects}"
+    if not ckplus.folders(root)["frame"].is_dir():
+        tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        log(f"generating a synthetic CK+ of {args.subjects} subjects in {root}, once")
+        synthetic.generate(tmp, subjects=args.subjects, seed=0)
+        os.replace(tmp, root)
     return [str(d) for d in ckplus.training_dirs(root)]
 
 
@@ -193,7 +197,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                     "common_flags": common_flags(args)}
     with contextlib.ExitStack() as stack:
         work = utils.work_folder(stack, args.workdir, "au-recipes-")
-        dirs = prepare_tree(args, work)
+        dirs = prepare_tree(args)
         done: dict = {}
         for name in names:
             done[name] = run_row(name, dirs, args, work, done)

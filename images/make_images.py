@@ -6,7 +6,7 @@
 Every picture of a face comes from the synthetic CK+ that synthetic.py writes: the CK+
 licence forbids publishing its images, so --data must never point at a real copy. Without
 --data the default synthetic tree (123 subjects, 593 sequences) is written to a temporary
-folder and removed afterwards; without --run `main.py --demo` is run once (minutes on a CPU)
+folder and removed afterwards; without --run `main.py --demo` is run once (about a minute on a CPU)
 and its results.json gives the F1 chart.
 """
 from __future__ import annotations
@@ -169,7 +169,7 @@ def make_images(data_root: Path, run_dir: Path, out_dir: Path = OUT_DIR) -> list
 
 
 def run_demo(run_dir: Path) -> Path:
-    """`main.py --demo` into `run_dir` (a few minutes on a CPU; its synthetic tree is cached)."""
+    """`main.py --demo` into `run_dir` (about a minute on a CPU; its synthetic tree is cached)."""
     subprocess.run([sys.executable, str(REPO / "main.py"), "--demo", "--quiet", "--output-dir", str(run_dir)],
                    check=True)
     return run_dir
@@ -196,7 +196,7 @@ def main(args: argparse.Namespace) -> int:
             synthetic.generate(data, workers=max(1, min(4, os.cpu_count() or 1)))
         run = args.run
         if run is None:
-            print("running main.py --demo for the F1 chart (a few minutes on a CPU)", file=sys.stderr)
+            print("running main.py --demo for the F1 chart (about a minute on a CPU)", file=sys.stderr)
             run = run_demo(Path(tmp) / "demo")
         if not (run / "results.json").is_file():
             print(f"make_images.py: error: {run / 'results.json'} does not exist: give a finished run folder",
