@@ -299,8 +299,7 @@ def backbone_state(name: str, state: dict, source: str) -> dict:
     of the AU model's backbone, i.e. without the classifier. Anything that is not that model's
     state dict is a UserError naming `source` (the file it came from)."""
     config = model_config(name)
-    with torch.device("meta"):  # shapes only: nothing is allocated or initialised
-        skeleton = get_model(config.arch, weights=None, **_builder_kwargs(config, pretrained=False))
+    skeleton, _ = shapes_only(lambda: get_model(config.arch, weights=None, **_builder_kwargs(config, pretrained=False)))
     path, _, _ = _strip_classifier(skeleton, name)
     expected = skeleton.state_dict()
     dropped = tuple(p + "." for p in (path, "AuxLogits.fc") if p)
@@ -339,16 +338,27 @@ def build_model(name: str, num_aus: int, pretrained: bool = True, freeze_backbon
     return AUNet(model, num_features, num_aus, config, aux_features=aux_features, frozen=freeze_backbone)
 
 
+def shapes_only(build):
+    """`build()` on the meta device (shapes only: nothing allocated or initialised) -> (module,
+    device). A builder that computes with tensor values on the way (regnet's block widths) cannot
+    run there: it is built on the CPU instead, for real."""
+    try:
+        with torch.device("meta"):
+            return build(), torch.device("meta")
+    except NotImplementedError:  # "Cannot copy out of meta tensor"
+        return build(), torch.device("cpu")
+
+
 def check_input_size(name: str, image_size: int, freeze_backbone: bool) -> None:
     """Fail before any file is written when the model cannot train on `image_size` inputs.
 
-    The model is built on the meta device (shapes only: no memory, no initialisation) and
-    run forward once in training mode, which raises what the first real batch would."""
+    The model is built with `shapes_only` and run forward once in training mode, which raises
+    what the first real batch would."""
+    model, device = shapes_only(lambda: build_model(name, 2, pretrained=False, freeze_backbone=freeze_backbone))
     try:
-        with torch.device("meta"):
-            model = build_model(name, 2, pretrained=False, freeze_backbone=freeze_backbone)
-            model.train()
-            model(torch.empty(2, 3, image_size, image_size))
+        model.train()
+        with torch.no_grad():
+            model(torch.zeros(2, 3, image_size, image_size, device=device))
     except RuntimeError as e:
         raise UserError(f"--image-size {image_size} is too small for {name} "
                         f"({str(e).splitlines()[0]}): use a larger --image-size, e.g. 224") from None

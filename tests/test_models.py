@@ -217,3 +217,13 @@ def test_inception_checkpoint_loads_into_a_model_built_without_weights(hub):
     x = images(INCEPTION_SMALL)
     with torch.no_grad():
         assert torch.equal(trained(x), rebuilt(x))
+
+
+def test_input_size_check_refuses_too_small_inputs_and_builds_any_model():
+    """The size check refuses what the first batch would fail on, in one line; a model whose builder
+    computes with tensors (regnet's block widths cannot be computed on the meta device) is checked
+    too, instead of being reported as 'too small'."""
+    models.check_input_size("regnet_x_400mf", 64, freeze_backbone=False)
+    models.check_input_size("res18", 64, freeze_backbone=False)
+    with pytest.raises(UserError, match=r"^--image-size 32 is too small for alexnet \(.*\): use a larger --image-size"):
+        models.check_input_size("alexnet", 32, freeze_backbone=False)
