@@ -32,11 +32,9 @@ from utils import UserError
 
 log = logging.getLogger("au")
 
-# The demo's settings, on dataset.ensure_demo_tree's synthetic CK+ (120 subjects, sequences of a
-# neutral and a peak frame). It trains from scratch with the original's summed loss, sized to finish
-# in under a minute on a 2-core CPU from an empty cache (benchmarks/demo.py): 2 subject folds (each
-# model trains on half the tree), 8 epochs at batch 32, and the tightest crop (--margin 0: the
-# landmarks' box fills the 64 px, which scored higher than 0.05 and 0.1 over two seeds).
+# The demo's settings, on dataset.ensure_demo_tree's synthetic CK+ (120 subjects, sequences of a neutral and a
+# peak frame): res18 from scratch with the original's summed loss, sized for under a minute on a 2-core CPU
+# (benchmarks/demo.py). --margin 0 scored higher than 0.05 and 0.1 over two seeds.
 DEMO = dict(model="res18", epochs=8, step=3, gamma=0.5, batch_size=32, lr=0.02, kfold=2, image_size=64,
             margin=0.0, weights="none", loss="sum")
 

@@ -34,6 +34,17 @@ def test_ci_runs_the_test_command_the_readme_gives():
     assert "```\npip install -r requirements.txt && python main.py --demo\n```" in readme
 
 
+def test_main_py_stays_the_command_line_only():
+    """The layout the README's Layout table describes: main.py is a script of a few hundred lines that
+    no program or library module imports (the tests may)."""
+    assert len((REPO / "main.py").read_text().splitlines()) < 400
+    importers = [str(path.relative_to(REPO)) for path in REPO.rglob("*.py")
+                 if not {"tests", "site-packages"} & set(path.relative_to(REPO).parts)
+                 and not path.relative_to(REPO).parts[0].startswith(".")  # .venv, .git
+                 and re.search(r"^\s*(import main\b|from main import)", path.read_text(), re.M)]
+    assert importers == []
+
+
 if __name__ == "__main__":  # refresh the README's --help block
     import os
 
