@@ -262,7 +262,7 @@ def evaluate(model: models.AUNet, inputs: Inputs, idx: torch.Tensor, device: tor
             with autocast(device, amp):
                 logits = inputs.forward(model, inputs.batch(chunk, device, None, train=False, flip=flip))
             probs.append(torch.sigmoid(logits.float()))
-        out.append((probs[0] if len(probs) == 1 else (probs[0] + probs[1]) / 2).cpu())
+        out.append((sum(probs) / len(probs)).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, inputs.labels.shape[1]), np.float32)
 
 
@@ -308,10 +308,8 @@ def fresh_model(args, num_aus: int, start: runs.StartingWeights, frozen_backbone
     """A fold's model before training: the run's frozen backbone (shared by every fold), or the
     backbone --weights names (torchvision's weights, a file's, or random), and a fresh head."""
     if frozen_backbone is not None:
-        return models.build_model(args.model, num_aus, pretrained=False, freeze_backbone=True,
-                                  backbone_state=frozen_backbone)
-    return models.build_model(args.model, num_aus, pretrained=start.name is not None, weights=start.name or "DEFAULT",
-                              freeze_backbone=args.freeze_backbone, backbone_state=start.state)
+        return runs.StartingWeights(state=frozen_backbone).build(args.model, num_aus, freeze_backbone=True)
+    return start.build(args.model, num_aus, args.freeze_backbone)
 
 
 def train_fold(fold: int, train_idx: np.ndarray, test_idx: np.ndarray, data: dataset.CKPlusDataset,
@@ -406,10 +404,11 @@ def train_folds(args: argparse.Namespace, run_dir: Path, data: dataset.CKPlusDat
         log.info("fold %d: finished earlier, kept", k)
 
     backbone = None
-    if pending or (args.final and args.fold is None):
+    trains = bool(pending) or (args.final and args.fold is None)
+    if trains:
         start = start or runs.starting_weights(args)
         log.info("weights: %s", ", ".join(f"{k} {v}" for k, v in start.record.items()))
-    if args.freeze_backbone and (pending or (args.final and args.fold is None)):
+    if args.freeze_backbone and trains:
         backbone = runs.run_backbone(run_dir, args, len(aus), start)
         if args.weights == "none":
             log.warning("--freeze-backbone with --weights none trains a head on random features")
@@ -431,7 +430,7 @@ def train_folds(args: argparse.Namespace, run_dir: Path, data: dataset.CKPlusDat
             train_idx = np.setdiff1d(np.arange(len(data)), test_idx)
             log.info("fold %d/%d: %d train, %d test sequences", k, args.kfold, len(train_idx), len(test_idx))
             probs = train_fold(k, train_idx, test_idx, data, inputs, aus, args, device, fold_dirs[k], clock,
-                                      backbone, start)
+                               backbone, start)
             trained[k] = ([data.ids[i] for i in test_idx], [data.subjects[i] for i in test_idx], [k] * len(test_idx),
                           data.labels[test_idx].numpy(), probs)
             metrics.write_predictions(fold_dirs[k] / "predictions.csv", *trained[k][:2], aus, *trained[k][3:],
@@ -473,4 +472,4 @@ def train_final(data, inputs: Inputs, aus: list[int], args, device: torch.device
     clock.epochs_left += args.epochs - args.start_epoch
     log.info("final model: training on all %d sequences", len(data))
     train_fold(args.kfold, np.arange(len(data)), np.array([], dtype=int), data, inputs, aus, args, device,
-                      final_dir, clock, backbone, start)
+               final_dir, clock, backbone, start)

@@ -204,7 +204,7 @@ def fill_defaults(args: argparse.Namespace) -> None:
 
 
 def prepare_demo(args: argparse.Namespace) -> None:
-    """Point the run at a cached synthetic CK+ and small settings that finish in minutes on a CPU;
+    """Point the run at a cached synthetic CK+ and small settings that finish in a minute on a CPU;
     the settings are defaults: a flag the user typed wins, and the log says what the demo used."""
     given = [role for role in ("data_dir", "label_dir", "landmark_dir") if role in typed(args)]
     if given:
@@ -247,7 +247,7 @@ def train(args: argparse.Namespace) -> dict | None:
                             f"drop --fold, or resume {resume_dir} --fold {args.fold}")
         extend = "epochs" in typed(args) and args.epochs != saved.get("epochs")
         extended_from = saved.get("epochs") if extend else None
-        runs.adopt_saved_settings(args, source, keep=("epochs",) if extend else ())
+        runs.adopt_saved_settings(args, saved, keep=("epochs",) if extend else ())
         if fold_from_ckpt is not None:
             args.fold = fold_from_ckpt
     fill_defaults(args)
@@ -290,8 +290,8 @@ def evaluate_run(args: argparse.Namespace) -> dict:
     run_dir, fold_from_ckpt = runs.locate_run(path)
     source = run_dir / "args.json"
     # -e --tta may differ from the run's: a question asked of its checkpoints, not a contradiction
-    runs.refuse_changed_settings(args, runs.read_args_json(source), source, "-e --resume", typed(args),
-                                 allowed=("tta",))
+    saved = runs.read_args_json(source)
+    runs.refuse_changed_settings(args, saved, source, "-e --resume", typed(args), allowed=("tta",))
     if args.fold is not None:  # -e --resume RUN --fold K: that fold's checkpoint
         if path.is_file() and fold_from_ckpt != args.fold:
             raise UserError(f"--fold {args.fold}: {path} is the checkpoint of "
@@ -301,7 +301,7 @@ def evaluate_run(args: argparse.Namespace) -> dict:
             raise UserError(f"--fold {args.fold}: {path} does not exist: train that fold first "
                             f"(--resume {run_dir} --fold {args.fold})")
     asked_tta = args.tta
-    runs.adopt_saved_settings(args, source)
+    runs.adopt_saved_settings(args, saved)
     trained_tta = args.tta
     if asked_tta is not None and asked_tta != trained_tta:
         log.warning("evaluating with --tta %s; the run was trained and scored with --tta %s, so the figures will "

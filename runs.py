@@ -277,6 +277,11 @@ class StartingWeights:
     def none(cls) -> StartingWeights:
         return cls()
 
+    def build(self, arch: str, num_aus: int, freeze_backbone: bool) -> models.AUNet:
+        """A model of `arch` whose backbone starts from these weights, with a fresh AU head."""
+        return models.build_model(arch, num_aus, pretrained=self.name is not None, weights=self.name or "DEFAULT",
+                                  freeze_backbone=freeze_backbone, backbone_state=self.state)
+
 
 def is_weights_name(value: str) -> bool:
     """--weights VALUE names weights (none, DEFAULT, IMAGENET1K_V1, ...) rather than a file: it
@@ -354,8 +359,7 @@ def run_backbone(run_dir: Path, args, num_aus: int, start: StartingWeights) -> d
             raise UserError(f"{path} is a {state['arch']} backbone, not {args.model}: it belongs to another run")
         return state["backbone"]
     torch.manual_seed(args.seed)
-    model = models.build_model(args.model, num_aus, pretrained=start.name is not None, weights=start.name or "DEFAULT",
-                               freeze_backbone=True, backbone_state=start.state)
+    model = start.build(args.model, num_aus, freeze_backbone=True)
     state = model.backbone.state_dict()
     save_checkpoint({"version": FORMAT_VERSION, "backbone": state, "arch": args.model,
                      "pretrained": start.record["weights"] != "none", "weights": start.record}, path)
@@ -470,11 +474,11 @@ def changed_settings(args: argparse.Namespace, saved: dict, typed: set[str], all
             and not same_setting(key, getattr(args, key), saved_setting(key, saved))]
 
 
-def adopt_saved_settings(args: argparse.Namespace, source: Path, keep: Sequence[str] = ()) -> dict:
-    """Take a run's own settings (its args.json) for resume/evaluate, but those in `keep`, and its
-    data folders unless given -> the saved dict. Typed flags that disagree are refused before
-    this (`changed_settings`)."""
-    saved = saved_settings(read_args_json(source))
+def adopt_saved_settings(args: argparse.Namespace, saved: dict, keep: Sequence[str] = ()) -> dict:
+    """Take a run's own settings (`saved`: its args.json as read) for resume/evaluate, but those in
+    `keep`, and its data folders unless given -> the settings in today's terms. Typed flags that
+    disagree are refused before this (`changed_settings`)."""
+    saved = saved_settings(saved)
     for key, value in saved.items():
         if key in RUN_SETTINGS and key not in keep:
             setattr(args, key, value)

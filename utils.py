@@ -15,8 +15,10 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -187,6 +189,21 @@ def work_folder(stack: contextlib.ExitStack, path: str | os.PathLike | None, pre
         Path(path).mkdir(parents=True, exist_ok=True)
         return Path(path)
     return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+
+
+def run_main_py(argv: Sequence[str], check: bool = True, cwd: str | os.PathLike | None = None
+                ) -> tuple[float, subprocess.CompletedProcess]:
+    """`python main.py ARGV` in a subprocess, as a user runs it, its output captured (for the
+    benchmarks) -> (wall seconds, the finished process). `check`: a failure stops the caller
+    (SystemExit) with main.py's output."""
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "main.py"), *map(str, argv)],
+                          capture_output=True, text=True, cwd=cwd)
+    wall = time.perf_counter() - t0
+    if check and done.returncode != 0:
+        raise SystemExit(f"main.py {' '.join(map(str, argv))} failed (exit {done.returncode}):\n"
+                         f"{done.stdout}{done.stderr}")
+    return wall, done
 
 
 def clean_temp_files(directory: str | os.PathLike) -> list[Path]:

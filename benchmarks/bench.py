@@ -27,7 +27,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from itertools import accumulate
@@ -141,13 +140,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_main(argv: list[str]) -> None:
-    """`python main.py ARGV` as a user runs it, its table and warnings kept off the report (shown if it fails)."""
-    done = subprocess.run([sys.executable, str(REPO / "main.py"), *argv], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"main.py {' '.join(argv)} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
-
-
 def epoch_seconds(run_dir: Path, fold: int) -> list[float]:
     """Training seconds of each epoch of a fold, as train_fold logged them in metrics.csv
     (the epoch's batches only: no checkpoint write, no evaluation)."""
@@ -245,7 +237,7 @@ def bench_frozen(dirs: list[str], args, work: Path, cache: Path) -> dict:
 
     def frozen_run(name: str, *, epochs: int, kfold: int, size: int, extra: tuple[str, ...] = ()) -> Path:
         run_dir = run_root / name
-        run_main(frozen_argv(dirs, args, run_dir, cache, epochs=epochs, kfold=kfold, size=size, extra=extra))
+        utils.run_main_py(frozen_argv(dirs, args, run_dir, cache, epochs=epochs, kfold=kfold, size=size, extra=extra))
         return run_dir
 
     # 1. the whole protocol, cached, end to end (the crop cache is warm: bench_index filled it)

@@ -15,10 +15,8 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,13 +43,8 @@ def one_demo(extra: list[str]) -> dict:
     """One `python main.py --demo` from an empty cache -> wall seconds and its results."""
     with tempfile.TemporaryDirectory(prefix="demo-bench-") as work:
         run_dir = Path(work) / "run"
-        argv = [sys.executable, str(REPO / "main.py"), "--demo", "--cache-dir", str(Path(work) / "cache"),
-                "--output-dir", str(run_dir), *extra]
-        t0 = time.perf_counter()
-        done = subprocess.run(argv, capture_output=True, text=True, cwd=work)
-        seconds = time.perf_counter() - t0
-        if done.returncode != 0:
-            raise SystemExit(f"main.py --demo failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+        seconds, done = utils.run_main_py(["--demo", "--cache-dir", Path(work) / "cache", "--output-dir", run_dir,
+                                           *extra], cwd=work)
         results = json.loads((run_dir / "results.json").read_text())
         generated = next((line for line in done.stderr.splitlines() if "generating a synthetic CK+" in line), None)
         return {"seconds": round(seconds, 2), "macro_f1": results["macro"]["f1"], "macro_auc": results["macro"]["auc"],

@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -124,15 +123,6 @@ def speed(name: str, args, device: torch.device) -> list[dict]:
     return rows
 
 
-def main_py(argv: list[str]) -> float:
-    """`python main.py ARGV` as a user runs it -> its wall time; its output is shown if it fails."""
-    t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, str(REPO / "main.py"), *argv], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"main.py {' '.join(argv)} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
-    return time.perf_counter() - t0
-
-
 def end_to_end(args, work: Path) -> dict:
     """float32 and --amp runs of main.py on CUDA, and the --amp run scored again on the CPU."""
     tree = work / f"ckplus-{args.subjects}-seed{args.seed}"
@@ -147,12 +137,12 @@ def end_to_end(args, work: Path) -> dict:
     result = {"model": args.run_model, "settings": args.run_args, "subjects": args.subjects}
     for name, extra in (("float32", []), ("amp", ["--amp"])):
         out = work / f"run-{name}"
-        seconds = main_py([*common, "--device", "cuda", *extra, "--output-dir", str(out)])
+        seconds, _ = utils.run_main_py([*common, "--device", "cuda", *extra, "--output-dir", str(out)])
         macro = json.loads((out / "results.json").read_text())["macro"]
         result[name] = {"seconds": round(seconds, 1), "f1": round(macro["f1"], 4), "auc": round(macro["auc"], 4)}
         log(f"main.py on cuda, {name}: macro F1 {macro['f1']:.4f}, AUC {macro['auc']:.4f}, {seconds:.0f}s")
     scored = work / "run-amp-on-cpu"
-    seconds = main_py(["-e", "--resume", str(work / "run-amp"), "--device", "cpu", "--quiet",
+    seconds, _ = utils.run_main_py(["-e", "--resume", str(work / "run-amp"), "--device", "cpu", "--quiet",
                        "--output-dir", str(scored)])
     macro = json.loads((scored / "results.json").read_text())["macro"]
     result["amp_scored_on_cpu"] = {"seconds": round(seconds, 1), "f1": round(macro["f1"], 4),

@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -120,9 +119,7 @@ SCORED = {"frames-tta": ("frames", ["--tta", "flip"])}
 
 def main_py(argv: list[str]) -> tuple[float, str | None]:
     """`python main.py ARGV` -> (wall seconds, None, or the last line it printed when it failed)."""
-    t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, str(REPO / "main.py"), *argv], capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    wall, done = utils.run_main_py(argv, check=False)
     if done.returncode == 0:
         return wall, None
     return wall, (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
