@@ -14,6 +14,8 @@ import torch
 from PIL import Image
 
 import dataset
+import ensemble
+import faces
 import main
 import predict
 import utils
@@ -254,7 +256,7 @@ def test_bad_and_faceless_images_get_a_row_and_the_run_goes_on(final_run, ck, tm
     assert "3 images, 1 face" in out and "1 unreadable image" in out
 
     # a face finder that finds nothing (as dlib on a photo without a face) gives a "no face" row
-    monkeypatch.setattr(predict, "face_finder", lambda args: (lambda path, gray: []))
+    monkeypatch.setattr(faces, "face_finder", lambda args: (lambda path, gray: []))
     rc, out, _ = call(capsys, final_run.dir, good, "--out", tmp_path / "q.csv")
     [row] = read_rows(tmp_path / "q.csv")
     assert rc == 0 and row["status"] == "no face" and row["face"] == "" and "1 no face" in out
@@ -324,7 +326,7 @@ def astronaut(tmp_path_factory) -> Path:
 def detector():
     args = predict.get_args_parser().parse_args(["run", "image"])
     try:
-        return predict.face_finder(args)
+        return faces.face_finder(args)
     except utils.UserError as e:
         pytest.skip(f"dlib's shape predictor is not at hand ({e})")
 
@@ -358,9 +360,9 @@ def test_cli_detects_faces_end_to_end(astronaut, final_run, tmp_path, capsys):
 
 
 def test_a_missing_shape_predictor_is_a_user_error(astronaut, final_run, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv(predict.SHAPE_PREDICTOR_ENV, str(tmp_path / "missing.dat"))
+    monkeypatch.setenv(faces.SHAPE_PREDICTOR_ENV, str(tmp_path / "missing.dat"))
     line = expect_user_error(capsys, final_run.dir, astronaut)
-    assert predict.SHAPE_PREDICTOR_ENV in line and str(tmp_path / "missing.dat") in line
+    assert faces.SHAPE_PREDICTOR_ENV in line and str(tmp_path / "missing.dat") in line
 
 
 # ----------------------------------------------------------------------------- videos
@@ -407,7 +409,7 @@ class LandmarksByPixels:
         points = self.known.get(np.ascontiguousarray(gray).tobytes())
         if points is None:
             return []
-        return [predict.Face((*map(float, points.min(0)), *map(float, points.max(0))), points)]
+        return [faces.Face((*map(float, points.min(0)), *map(float, points.max(0))), points)]
 
 
 @pytest.fixture(scope="module")
@@ -425,7 +427,7 @@ def clip(ck, tmp_path_factory) -> SimpleNamespace:
 
 @pytest.fixture
 def pixels_finder(ck, clip, monkeypatch):
-    monkeypatch.setattr(predict, "face_finder", lambda args: LandmarksByPixels(ck, clip.photos))
+    monkeypatch.setattr(faces, "face_finder", lambda args: LandmarksByPixels(ck, clip.photos))
 
 
 def test_a_video_gives_a_row_per_frame_with_its_number_and_time(final_run, clip, ck, pixels_finder, tmp_path,
@@ -463,8 +465,8 @@ def test_every_nth_frame_and_batches_give_the_same_rows(final_run, clip, pixels_
     assert run_predict(final_run.dir, clip.path, "--out", tmp_path / "all.csv", "--quiet") == 0
     every = {r["frame"]: r for r in read_rows(tmp_path / "all.csv")}
     sizes = []
-    real = predict.HeldEnsemble.__call__
-    monkeypatch.setattr(predict.HeldEnsemble, "__call__",
+    real = ensemble.Ensemble.__call__
+    monkeypatch.setattr(ensemble.Ensemble, "__call__",
                         lambda self, crops: sizes.append(len(crops)) or real(self, crops))
     rc, out, _ = call(capsys, final_run.dir, clip.path, "--every", "3", "-b", "2", "--out", tmp_path / "3.csv")
     rows = read_rows(tmp_path / "3.csv")
@@ -584,7 +586,7 @@ def test_videos_need_dlib_even_with_landmark_files(final_run, clip, ck, tmp_path
 def test_without_pyav_a_video_gets_a_row_saying_what_to_install(final_run, ck, tmp_path, capsys, monkeypatch):
     (tmp_path / "clip.mp4").write_bytes(b"not decoded")
     monkeypatch.setitem(sys.modules, "av", None)
-    monkeypatch.setattr(predict, "face_finder", lambda args: (lambda path, gray: []))
+    monkeypatch.setattr(faces, "face_finder", lambda args: (lambda path, gray: []))
     rc, out, _ = call(capsys, final_run.dir, tmp_path, "--out", tmp_path / "p.csv")  # found in a folder too
     [row] = read_rows(tmp_path / "p.csv")
     assert rc == 0 and row["status"] == f"unreadable video: {AV_MISSING}"
@@ -603,15 +605,15 @@ def test_video_flags_are_checked(final_run, ck, tmp_path, capsys):
 
 
 def test_faces_keep_their_numbers_by_overlap():
-    def faces(*xs):
-        return [predict.Face((x, 0.0, x + 10.0, 10.0), np.zeros((68, 2))) for x in xs]
+    def at(*xs):
+        return [faces.Face((x, 0.0, x + 10.0, 10.0), np.zeros((68, 2))) for x in xs]
 
-    numbers = predict.FaceNumbers()
-    assert numbers(faces(0, 50)) == [0, 1]
-    assert numbers(faces(100, 52, 2)) == [2, 1, 0]  # any order in, the same faces out; a new face far away
-    assert numbers(faces(53)) == [1]  # faces 0 and 2 missing in this frame
-    assert numbers(faces(3, 54)) == [0, 1]  # face 0 back near where it was last seen
-    assert numbers(faces(30)) == [3]  # overlapping nobody's last box by 30%: a new face
+    numbers = faces.FaceNumbers()
+    assert numbers(at(0, 50)) == [0, 1]
+    assert numbers(at(100, 52, 2)) == [2, 1, 0]  # any order in, the same faces out; a new face far away
+    assert numbers(at(53)) == [1]  # faces 0 and 2 missing in this frame
+    assert numbers(at(3, 54)) == [0, 1]  # face 0 back near where it was last seen
+    assert numbers(at(30)) == [3]  # overlapping nobody's last box by 30%: a new face
 
 
 def astronaut_frames(photo: Path, canvas: tuple[int, int], where: list[list[tuple[int, int]]]) -> list[Image.Image]:
