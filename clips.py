@@ -94,8 +94,10 @@ class FaceBatch:
         if not self.crops:
             return
         clip_of, frame, seconds, number, box, points = zip(*self.waiting)
-        crops = np.stack(self.crops)  # (N, S, S) uint8, as the run's training cropped them
-        points = np.stack(points).astype(np.float32)  # (N, 68, 2): each crop's landmarks, in image pixels
+        # What the model sees: the crops (N, S, S) uint8, cropped as the run's training cropped
+        # them, and beside them each crop's 68 landmarks (N, 68, 2) in image pixels.
+        crops = np.stack(self.crops)
+        points = np.stack(points).astype(np.float32)
         probs = self.predict(crops)
         start = 0
         while start < len(clip_of):  # a clip's faces are neighbours in the batch
@@ -128,9 +130,11 @@ def read_clip(path: Path, finder, batch: FaceBatch, settings: dict, n_aus: int, 
     is complete once `waiting` is 0 and `finish` has joined its results."""
     clip = Clip(path, n_aus, video.is_video(path))
     started = time.perf_counter()
+    if isinstance(finder, faces.NoFaces):
+        clip.problem, clip.detail = finder.problem, finder.detail
+        report(clip, 0.0)
+        return clip
     try:
-        if isinstance(finder, faces.NoFaces):
-            raise finder
         with video.open_clip(path) as reader, \
                 clip_progress(path, reader.expected_frames, quiet or not clip.is_video) as bar:
             clip.rate = reader.rate
@@ -150,8 +154,6 @@ def read_clip(path: Path, finder, batch: FaceBatch, settings: dict, n_aus: int, 
                 reader.check_complete()
             finally:
                 clip.decoded = reader.decoded
-    except faces.NoFaces as e:
-        clip.problem, clip.detail = e.problem, e.detail
     except video.VideoError as e:
         clip.problem = "video cut short" if isinstance(e, video.CutShort) else f"unreadable {clip.kind}"
         clip.detail = str(e)

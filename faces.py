@@ -19,6 +19,7 @@ import ckplus
 import dataset
 import preprocess
 import utils
+import video
 from utils import UserError
 
 LANDMARK_SUFFIX = "_landmarks.txt"
@@ -158,6 +159,19 @@ def face_finder(args: argparse.Namespace, for_video: bool = False):
         if why:
             raise UserError(f"{why}: {e}") from None
         raise
+
+
+def face_finders(args: argparse.Namespace, inputs: list[Path]) -> tuple:
+    """What finds the faces in photos, and in video frames: the same, except that landmark files
+    name still images, so with --landmarks a video's faces come from dlib; without dlib each video
+    gets a row saying so (a NoFaces in place of its finder) and the photos are still predicted."""
+    finder = face_finder(args)
+    if args.landmarks is None or not any(video.is_video(p) for p in inputs):
+        return finder, finder
+    try:
+        return finder, face_finder(args, for_video=True)
+    except UserError as e:
+        return finder, NoFaces("no face detector", str(e))
 
 
 def to_gray(image: Image.Image) -> Image.Image:

@@ -144,19 +144,6 @@ def find_images(paths: list[str]) -> list[Path]:
     return list(found.values())
 
 
-def finders(args: argparse.Namespace, inputs: list[Path]) -> tuple:
-    """What finds the faces in photos, and in video frames: the same, except that landmark files
-    name still images, so with --landmarks a video's faces come from dlib; without dlib each video
-    gets a row saying so (a faces.NoFaces in place of its finder) and the photos are still predicted."""
-    finder = faces.face_finder(args)
-    if args.landmarks is None or not any(video.is_video(p) for p in inputs):
-        return finder, finder
-    try:
-        return finder, faces.face_finder(args, for_video=True)
-    except UserError as e:
-        return finder, faces.NoFaces("no face detector", str(e))
-
-
 # ----------------------------------------------------------------------------- rows
 
 
@@ -240,7 +227,8 @@ class Output:
 
     def __init__(self, args: argparse.Namespace, ensemble: Ensemble, inputs: list[Path]):
         self.args, self.ensemble, self.path = args, ensemble, Path(args.out)
-        self.taken = {p.resolve() for p in inputs}  # drawings never overwrite an input
+        # drawings never overwrite an input
+        self.taken = {p.resolve() for p in inputs} if args.draw is not None else set()
         self.pending: deque[clips.Clip] = deque()
         self.tally = Tally()
         with write_errors(self.path):
@@ -271,10 +259,17 @@ class Output:
                                       self.args.smooth, self.args.quiet)
             self.tally.add(clip)
 
-    def close(self) -> None:
-        with write_errors(self.path):
-            self.file.flush()
-            os.fsync(self.file.fileno())
+    def __enter__(self) -> Output:
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        """Close the CSV: synced to disk when the run finished; as written so far when it died."""
+        try:
+            if kind is None:
+                with write_errors(self.path):
+                    self.file.flush()
+                    os.fsync(self.file.fileno())
+        finally:
             self.file.close()
 
 
@@ -304,20 +299,19 @@ def main(args: argparse.Namespace) -> dict:
     device = engine.resolve_device(args.device)
     inputs = find_images(args.images)
     ensemble = open_ensemble(Path(args.model), args.threshold, args.tta)
-    photo_finder, video_finder = finders(args, inputs)
+    photo_finder, video_finder = faces.face_finders(args, inputs)
     if not any(video.is_video(p) for p in inputs) and (args.every != 1 or args.smooth is not None):
         log.warning("--every and --smooth apply to videos, and none was given: each photo is predicted as it is")
     ensemble.load(device, args.batch_size)
 
-    output = Output(args, ensemble, inputs)
     batch = clips.FaceBatch(ensemble, args.batch_size, keep_landmarks=args.draw is not None)
-    for path in progress(inputs, args.quiet):
-        finder = video_finder if video.is_video(path) else photo_finder
-        output.add(clips.read_clip(path, finder, batch, ensemble.settings, len(ensemble.aus), args.every,
-                                   args.quiet))
-    batch.flush()
-    output.write_ready()
-    output.close()
+    with Output(args, ensemble, inputs) as output:
+        for path in progress(inputs, args.quiet):
+            finder = video_finder if video.is_video(path) else photo_finder
+            output.add(clips.read_clip(path, finder, batch, ensemble.settings, len(ensemble.aus), args.every,
+                                       args.quiet))
+        batch.flush()
+        output.write_ready()
 
     tally = output.tally
     summary = {"images": tally.images, "faces": tally.faces, "videos": tally.videos, "frames": tally.frames,

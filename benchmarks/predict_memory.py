@@ -27,7 +27,6 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import ckplus  # noqa: E402
@@ -55,6 +54,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="longest side of each photo, in pixels (the face fills most of it)")
     p.add_argument("--checkpoint", metavar="PATH", default=None,
                    help="a run folder or checkpoint to predict with (default: train a tiny run first)")
+    p.add_argument("--tree", metavar="DIR", default=None,
+                   help="a synthetic CK+ copy to take the faces from (default: generate one of 4 subjects)")
     p.add_argument("-b", "--batch-size", type=int, metavar="N", default=32, help="predict.py's --batch-size")
     p.add_argument("--workdir", metavar="DIR", default=None, help="keep the photos and runs here (default: a temp folder)")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the figures as JSON")
@@ -117,7 +118,7 @@ def measure(checkpoint: Path, photos: Path, marks: Path, out: Path, batch_size: 
 def main(args: argparse.Namespace) -> list[dict]:
     with contextlib.ExitStack() as stack:
         work = utils.work_folder(stack, args.workdir, "predict-memory-")
-        tree = work / "ck"
+        tree = Path(args.tree) if args.tree else work / "ck"
         if not ckplus.training_dirs(tree)[0].is_dir():
             synthetic.generate(tree, subjects=4, seed=0, junk=False, workers=1)
         t0 = time.perf_counter()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -260,6 +261,39 @@ def test_bad_and_faceless_images_get_a_row_and_the_run_goes_on(final_run, ck, tm
     rc, out, _ = call(capsys, final_run.dir, good, "--out", tmp_path / "q.csv")
     [row] = read_rows(tmp_path / "q.csv")
     assert rc == 0 and row["status"] == "no face" and row["face"] == "" and "1 no face" in out
+
+
+def test_photos_are_batched_across_files_and_each_files_rows_written_as_they_come(final_run, ck, tmp_path,
+                                                                                   monkeypatch):
+    """Photos stream like videos: faces are predicted -b at a time across photos, and a photo's
+    rows reach the CSV (flushed) once its faces are predicted, so a run that dies keeps them."""
+    photos = frames(ck)[:5]
+    lmk = ("--landmarks", ck.landmarks)
+    assert run_predict(final_run.dir, *photos, *lmk, "--out", tmp_path / "all.csv", "--quiet") == 0
+    whole = read_rows(tmp_path / "all.csv")
+
+    sizes = []
+    real = ensemble.Ensemble.__call__
+
+    def dies_at_the_third_batch(self, crops):
+        sizes.append(len(crops))
+        if len(sizes) == 3:
+            raise RuntimeError("killed")
+        return real(self, crops)
+
+    monkeypatch.setattr(ensemble.Ensemble, "__call__", dies_at_the_third_batch)
+    args = predict.get_args_parser().parse_args([str(a) for a in (final_run.dir, *photos, *lmk, "-b", "2",
+                                                                  "--out", tmp_path / "died.csv", "--quiet")])
+    with pytest.raises(RuntimeError, match="killed"):
+        predict.main(args)
+    assert sizes == [2, 2, 1]  # two photos per forward pass, the fifth alone
+    kept = read_rows(tmp_path / "died.csv")
+    assert [r["file"] for r in kept] == [str(p) for p in photos[:4]]  # the batches that were predicted
+    for got, want in zip(kept, whole):
+        assert {k: v for k, v in got.items() if not k.startswith("prob_")} == \
+               {k: v for k, v in want.items() if not k.startswith("prob_")}
+    np.testing.assert_allclose(probs_of(kept, final_run.aus), probs_of(whole[:4], final_run.aus), rtol=0,
+                               atol=close(1e-6))
 
 
 # ----------------------------------------------------------------------------- user errors
@@ -657,3 +691,16 @@ def test_dlib_follows_faces_across_frames_as_it_finds_them_in_photos(astronaut, 
         want = sorted((key(r), r) for r in photo_rows if r["file"] == str(photo))
         np.testing.assert_allclose(probs_of([r for _, r in got], final_run.aus),
                                    probs_of([r for _, r in want], final_run.aus), rtol=0, atol=close(1e-6))
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+def test_predict_is_a_script_over_modules_of_one_job_each():
+    """predict.py (the command line, rows, summary) stands on faces, ensemble, clips, drawing and
+    video, each under 500 lines, and no library module imports it back."""
+    for name in ("predict", "faces", "ensemble", "clips", "drawing", "video"):
+        assert len((REPO / f"{name}.py").read_text().splitlines()) < 500, name
+    importers = [p.name for p in REPO.glob("*.py")
+                 if re.search(r"^\s*(import predict\b|from predict import)", p.read_text(), re.M)]
+    assert importers == []
