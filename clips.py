@@ -125,9 +125,9 @@ def clip_progress(path: Path, total: int | None, quiet: bool):
 def read_clip(path: Path, finder, batch: FaceBatch, settings: dict, n_aus: int, every: int = 1,
               quiet: bool = False) -> Clip:
     """Stream one photo or video: find, number and crop the faces of every `every`th frame (a
-    photo's one frame) and hand them to `batch`. `finder` None: why not (a faces.NoFaces). Whatever
-    goes wrong with this clip is recorded in it (and warned about) and the others go on. The clip
-    is complete once `waiting` is 0 and `finish` has joined its results."""
+    photo's one frame) and hand them to `batch`; `finder` may be a faces.NoFaces, why there is
+    none. Whatever goes wrong with this clip is recorded in it (and warned about) and the others
+    go on. The clip is complete once `waiting` is 0 and `finish` has joined its results."""
     clip = Clip(path, n_aus, video.is_video(path))
     started = time.perf_counter()
     if isinstance(finder, faces.NoFaces):
