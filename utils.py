@@ -107,6 +107,15 @@ def au_name(au: int) -> str:
     return f"AU{au}"
 
 
+def first_line(error: BaseException | str) -> str:
+    """The first line of an exception's message (or of a text), stripped; the exception's type
+    name when it says nothing: what a one-line report of a failure shows."""
+    text = str(error).strip()
+    if text:
+        return text.splitlines()[0].strip()
+    return type(error).__name__ if isinstance(error, BaseException) else ""
+
+
 # ----------------------------------------------------------------------------- atomic files
 
 

@@ -1,6 +1,8 @@
 """Video files, read and written with PyAV (the optional `av` package): frames streamed one at a
 time as a viewer shows them (rotation metadata applied), each with its number and time; and an
-MP4 written frame by frame. Nothing here knows about faces or AUs.
+MP4 written frame by frame. A photo is read as a clip of one frame (`PhotoReader`, with Pillow,
+EXIF rotation applied), so whatever reads frames reads both the same way. Nothing here knows
+about faces or AUs.
 
 PyAV is imported only when a video is opened, so the rest of the project runs without it.
 """
@@ -10,7 +12,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+import dataset
+import utils
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
                   ".ogv", ".ts", ".mts")
@@ -45,8 +50,7 @@ def _import_av():
 
 def _reason(e: Exception) -> str:
     """FFmpeg's own words without the errno and file name PyAV adds around them."""
-    text = getattr(e, "strerror", None) or str(e)
-    return str(text).strip().splitlines()[0] if str(text).strip() else type(e).__name__
+    return utils.first_line(getattr(e, "strerror", None) or e) or type(e).__name__
 
 
 class VideoReader:
@@ -55,6 +59,8 @@ class VideoReader:
     Frames are numbered from 0 in display order; a frame's time is its presentation time in
     seconds from the start of the stream (frame / rate for constant-rate video).
     """
+
+    is_video = True
 
     def __init__(self, path: Path):
         av = _import_av()
@@ -128,6 +134,54 @@ class VideoReader:
         if expected and self.decoded < expected - max(SHORT_SLACK, 0.02 * expected):
             raise CutShort(f"only {self.decoded} of the {expected} frames it announces decode "
                            f"(the file is cut short or damaged)")
+
+
+def read_image(path: Path) -> Image.Image:
+    """Decode a photo as a viewer shows it (EXIF rotation applied); raises one of dataset.DECODE_ERRORS."""
+    with Image.open(path) as img:
+        img.load()
+        return ImageOps.exif_transpose(img)
+
+
+class PhotoReader:
+    """A photo as a clip of one frame, read like a VideoReader: frame 0, at no time (NaN), the
+    image as a viewer shows it. Raises VideoError when Pillow cannot decode it."""
+
+    rate = None  # a photo has no frame rate
+    is_video = False
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.image = read_image(path)
+        except UnidentifiedImageError:
+            raise VideoError("not an image file Pillow can decode") from None
+        except dataset.DECODE_ERRORS as e:
+            raise VideoError(f"{type(e).__name__}: {utils.first_line(e)}") from None
+        self.decoded = 0
+
+    def __enter__(self) -> PhotoReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.image = None
+
+    @property
+    def expected_frames(self) -> int:
+        return 1
+
+    def frames(self, every: int = 1) -> Iterator[tuple[int, float, Image.Image]]:
+        """The one frame (every N keeps frame 0 of any clip)."""
+        self.decoded = 1
+        yield 0, float("nan"), self.image
+
+    def check_complete(self) -> None:
+        """A photo that decoded is whole."""
+
+
+def open_clip(path: Path) -> VideoReader | PhotoReader:
+    """A video, or a photo as a clip of one frame; raises VideoError when it cannot be read."""
+    return VideoReader(path) if is_video(path) else PhotoReader(path)
 
 
 def upright(frame) -> Image.Image:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ import torch
 from PIL import Image
 
 import dataset
+import ensemble
+import faces
 import main
 import predict
 import utils
@@ -254,10 +257,43 @@ def test_bad_and_faceless_images_get_a_row_and_the_run_goes_on(final_run, ck, tm
     assert "3 images, 1 face" in out and "1 unreadable image" in out
 
     # a face finder that finds nothing (as dlib on a photo without a face) gives a "no face" row
-    monkeypatch.setattr(predict, "face_finder", lambda args: (lambda path, gray: []))
+    monkeypatch.setattr(faces, "face_finder", lambda args: (lambda path, gray: []))
     rc, out, _ = call(capsys, final_run.dir, good, "--out", tmp_path / "q.csv")
     [row] = read_rows(tmp_path / "q.csv")
     assert rc == 0 and row["status"] == "no face" and row["face"] == "" and "1 no face" in out
+
+
+def test_photos_are_batched_across_files_and_each_files_rows_written_as_they_come(final_run, ck, tmp_path,
+                                                                                   monkeypatch):
+    """Photos stream like videos: faces are predicted -b at a time across photos, and a photo's
+    rows reach the CSV (flushed) once its faces are predicted, so a run that dies keeps them."""
+    photos = frames(ck)[:5]
+    lmk = ("--landmarks", ck.landmarks)
+    assert run_predict(final_run.dir, *photos, *lmk, "--out", tmp_path / "all.csv", "--quiet") == 0
+    whole = read_rows(tmp_path / "all.csv")
+
+    sizes = []
+    real = ensemble.Ensemble.__call__
+
+    def dies_at_the_third_batch(self, crops):
+        sizes.append(len(crops))
+        if len(sizes) == 3:
+            raise RuntimeError("killed")
+        return real(self, crops)
+
+    monkeypatch.setattr(ensemble.Ensemble, "__call__", dies_at_the_third_batch)
+    args = predict.get_args_parser().parse_args([str(a) for a in (final_run.dir, *photos, *lmk, "-b", "2",
+                                                                  "--out", tmp_path / "died.csv", "--quiet")])
+    with pytest.raises(RuntimeError, match="killed"):
+        predict.main(args)
+    assert sizes == [2, 2, 1]  # two photos per forward pass, the fifth alone
+    kept = read_rows(tmp_path / "died.csv")
+    assert [r["file"] for r in kept] == [str(p) for p in photos[:4]]  # the batches that were predicted
+    for got, want in zip(kept, whole):
+        assert {k: v for k, v in got.items() if not k.startswith("prob_")} == \
+               {k: v for k, v in want.items() if not k.startswith("prob_")}
+    np.testing.assert_allclose(probs_of(kept, final_run.aus), probs_of(whole[:4], final_run.aus), rtol=0,
+                               atol=close(1e-6))
 
 
 # ----------------------------------------------------------------------------- user errors
@@ -324,7 +360,7 @@ def astronaut(tmp_path_factory) -> Path:
 def detector():
     args = predict.get_args_parser().parse_args(["run", "image"])
     try:
-        return predict.face_finder(args)
+        return faces.face_finder(args)
     except utils.UserError as e:
         pytest.skip(f"dlib's shape predictor is not at hand ({e})")
 
@@ -358,9 +394,9 @@ def test_cli_detects_faces_end_to_end(astronaut, final_run, tmp_path, capsys):
 
 
 def test_a_missing_shape_predictor_is_a_user_error(astronaut, final_run, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv(predict.SHAPE_PREDICTOR_ENV, str(tmp_path / "missing.dat"))
+    monkeypatch.setenv(faces.SHAPE_PREDICTOR_ENV, str(tmp_path / "missing.dat"))
     line = expect_user_error(capsys, final_run.dir, astronaut)
-    assert predict.SHAPE_PREDICTOR_ENV in line and str(tmp_path / "missing.dat") in line
+    assert faces.SHAPE_PREDICTOR_ENV in line and str(tmp_path / "missing.dat") in line
 
 
 # ----------------------------------------------------------------------------- videos
@@ -407,7 +443,7 @@ class LandmarksByPixels:
         points = self.known.get(np.ascontiguousarray(gray).tobytes())
         if points is None:
             return []
-        return [predict.Face((*map(float, points.min(0)), *map(float, points.max(0))), points)]
+        return [faces.Face((*map(float, points.min(0)), *map(float, points.max(0))), points)]
 
 
 @pytest.fixture(scope="module")
@@ -425,7 +461,7 @@ def clip(ck, tmp_path_factory) -> SimpleNamespace:
 
 @pytest.fixture
 def pixels_finder(ck, clip, monkeypatch):
-    monkeypatch.setattr(predict, "face_finder", lambda args: LandmarksByPixels(ck, clip.photos))
+    monkeypatch.setattr(faces, "face_finder", lambda args: LandmarksByPixels(ck, clip.photos))
 
 
 def test_a_video_gives_a_row_per_frame_with_its_number_and_time(final_run, clip, ck, pixels_finder, tmp_path,
@@ -463,8 +499,8 @@ def test_every_nth_frame_and_batches_give_the_same_rows(final_run, clip, pixels_
     assert run_predict(final_run.dir, clip.path, "--out", tmp_path / "all.csv", "--quiet") == 0
     every = {r["frame"]: r for r in read_rows(tmp_path / "all.csv")}
     sizes = []
-    real = predict.HeldEnsemble.__call__
-    monkeypatch.setattr(predict.HeldEnsemble, "__call__",
+    real = ensemble.Ensemble.__call__
+    monkeypatch.setattr(ensemble.Ensemble, "__call__",
                         lambda self, crops: sizes.append(len(crops)) or real(self, crops))
     rc, out, _ = call(capsys, final_run.dir, clip.path, "--every", "3", "-b", "2", "--out", tmp_path / "3.csv")
     rows = read_rows(tmp_path / "3.csv")
@@ -584,7 +620,7 @@ def test_videos_need_dlib_even_with_landmark_files(final_run, clip, ck, tmp_path
 def test_without_pyav_a_video_gets_a_row_saying_what_to_install(final_run, ck, tmp_path, capsys, monkeypatch):
     (tmp_path / "clip.mp4").write_bytes(b"not decoded")
     monkeypatch.setitem(sys.modules, "av", None)
-    monkeypatch.setattr(predict, "face_finder", lambda args: (lambda path, gray: []))
+    monkeypatch.setattr(faces, "face_finder", lambda args: (lambda path, gray: []))
     rc, out, _ = call(capsys, final_run.dir, tmp_path, "--out", tmp_path / "p.csv")  # found in a folder too
     [row] = read_rows(tmp_path / "p.csv")
     assert rc == 0 and row["status"] == f"unreadable video: {AV_MISSING}"
@@ -603,15 +639,15 @@ def test_video_flags_are_checked(final_run, ck, tmp_path, capsys):
 
 
 def test_faces_keep_their_numbers_by_overlap():
-    def faces(*xs):
-        return [predict.Face((x, 0.0, x + 10.0, 10.0), np.zeros((68, 2))) for x in xs]
+    def at(*xs):
+        return [faces.Face((x, 0.0, x + 10.0, 10.0), np.zeros((68, 2))) for x in xs]
 
-    numbers = predict.FaceNumbers()
-    assert numbers(faces(0, 50)) == [0, 1]
-    assert numbers(faces(100, 52, 2)) == [2, 1, 0]  # any order in, the same faces out; a new face far away
-    assert numbers(faces(53)) == [1]  # faces 0 and 2 missing in this frame
-    assert numbers(faces(3, 54)) == [0, 1]  # face 0 back near where it was last seen
-    assert numbers(faces(30)) == [3]  # overlapping nobody's last box by 30%: a new face
+    numbers = faces.FaceNumbers()
+    assert numbers(at(0, 50)) == [0, 1]
+    assert numbers(at(100, 52, 2)) == [2, 1, 0]  # any order in, the same faces out; a new face far away
+    assert numbers(at(53)) == [1]  # faces 0 and 2 missing in this frame
+    assert numbers(at(3, 54)) == [0, 1]  # face 0 back near where it was last seen
+    assert numbers(at(30)) == [3]  # overlapping nobody's last box by 30%: a new face
 
 
 def astronaut_frames(photo: Path, canvas: tuple[int, int], where: list[list[tuple[int, int]]]) -> list[Image.Image]:
@@ -655,3 +691,16 @@ def test_dlib_follows_faces_across_frames_as_it_finds_them_in_photos(astronaut, 
         want = sorted((key(r), r) for r in photo_rows if r["file"] == str(photo))
         np.testing.assert_allclose(probs_of([r for _, r in got], final_run.aus),
                                    probs_of([r for _, r in want], final_run.aus), rtol=0, atol=close(1e-6))
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+def test_predict_is_a_script_over_modules_of_one_job_each():
+    """predict.py (the command line, rows, summary) stands on faces, ensemble, clips, drawing and
+    video, each under 500 lines, and no library module imports it back."""
+    for name in ("predict", "faces", "ensemble", "clips", "drawing", "video"):
+        assert len((REPO / f"{name}.py").read_text().splitlines()) < 500, name
+    importers = [p.name for p in REPO.glob("*.py")
+                 if re.search(r"^\s*(import predict\b|from predict import)", p.read_text(), re.M)]
+    assert importers == []

@@ -435,7 +435,7 @@ def test_bad_frame_with_crop_workers_is_one_line_and_skip_bad_skips_it(damage, t
 
 def library_exceptions() -> set[type]:
     """Exception types of the library modules, whose code runs in crop workers (the scripts'
-    own types, like predict.NoFaces, never leave their process)."""
+    own types, like faces.NoFaces, never leave their process)."""
     import ckplus, dataset, engine, models, preprocess  # noqa: E401
 
     found = set()

@@ -147,3 +147,10 @@ def test_a_log_file_on_a_full_disk_warns_once_instead_of_a_traceback_per_line(tm
     finally:
         handler.stream = open(tmp_path / "log.txt", "a")
         utils.setup_logging()
+
+
+def test_first_line_is_what_a_one_line_report_shows():
+    assert utils.first_line(ValueError("  bad header\nTraceback-ish detail\n")) == "bad header"
+    assert utils.first_line(RuntimeError("")) == "RuntimeError"  # says nothing: its type says what failed
+    assert utils.first_line("Invalid data found\nwhen processing input") == "Invalid data found"
+    assert utils.first_line("") == ""

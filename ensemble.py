@@ -1,0 +1,142 @@
+"""The trained models that predict on new faces: a run folder's final model or the mean of its
+fold models, or one checkpoint; the run settings their inputs need; and their mean probability
+for a batch of crops, evaluated exactly as main.py evaluates (engine.evaluate)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import engine
+import models
+import preprocess
+import runs
+import utils
+from utils import UserError
+
+log = logging.getLogger(utils.LOGGER_NAME)
+
+# Settings that decide a model's input: checkpoints averaged together must agree on all of them.
+INPUT_SETTINGS = ("crop", "margin", "image_size", "norm")
+
+
+@dataclass
+class Ensemble:
+    """The checkpoints whose probabilities are averaged, and the run settings they share. Called
+    on crops once `load` has put its models on a device."""
+
+    checkpoints: list[Path]
+    description: str  # the CSV's `models` column: "final", "mean of 5 folds", "fold2 checkpoint"
+    arch: str
+    aus: list[int]
+    settings: dict  # the run's args: crop, margin, image_size, norm, threshold, ...
+    threshold: float
+    tta: str = "none"  # test-time augmentation: the run's --tta, or predict.py's
+    members: list[models.AUNet] = field(default_factory=list, repr=False)
+    device: torch.device = torch.device("cpu")
+    batch_size: int = 32
+
+    @property
+    def mean_std(self) -> tuple[tuple, tuple]:
+        config = models.model_config(self.arch)
+        return preprocess.resolve_norm(self.settings["norm"], config.mean, config.std)
+
+    def load(self, device: torch.device, batch_size: int) -> None:
+        """Load every model (checked to belong to the run) onto `device`: they are kept, since the
+        crops come a batch at a time and reloading each model per batch would cost more than
+        predicting. Raises UserError for a checkpoint that is not this run's."""
+        self.device, self.batch_size = device, batch_size
+        self.members = [load_member(self, path).to(device) for path in self.checkpoints]
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        """The mean probability (N, A) of the models for uint8 crops (N, S, S)."""
+        images = torch.from_numpy(crops).unsqueeze(1)
+        mean, std = self.mean_std
+        total = np.zeros((len(crops), len(self.aus)), dtype=np.float64)
+        for model in self.members:
+            total += predict_crops(model, images, mean, std, self.device, self.batch_size, self.tta)
+        return total / len(self.members)
+
+
+def checkpoint_paths(path: Path) -> tuple[list[Path], str | None]:
+    """RUN_DIR_OR_CHECKPOINT -> the checkpoints to use, and what they are (None: ask the checkpoint)."""
+    if not path.exists():
+        raise UserError(f"{path} does not exist: give a run folder main.py wrote, or a checkpoint.pth in one")
+    if path.is_file():
+        return [path], None
+    final = path / "final" / runs.CHECKPOINT
+    if final.is_file():
+        return [final], "final"
+    folds = sorted((p for p in path.glob(f"fold*/{runs.CHECKPOINT}") if p.parent.name[4:].isdigit()),
+                   key=lambda p: int(p.parent.name[4:]))
+    if not folds:
+        raise UserError(f"{path} holds no trained model (no final/{runs.CHECKPOINT}, no "
+                        f"fold<k>/{runs.CHECKPOINT}): give a run folder main.py trained, or one of its checkpoints")
+    if len(folds) == 1:
+        return folds, f"{folds[0].parent.name} checkpoint"
+    return folds, f"mean of {len(folds)} folds"
+
+
+def open_ensemble(path: Path, threshold: float | None, tta: str | None = None) -> Ensemble:
+    """Which models predict, with the settings their inputs need; reads the first checkpoint
+    (Ensemble.load loads the models). `tta` None: the run's own test-time augmentation."""
+    paths, description = checkpoint_paths(path)
+    ckpt = runs.load_checkpoint(paths[0])
+    settings = ckpt.get("args")
+    if not isinstance(settings, dict) or any(k not in settings for k in INPUT_SETTINGS):
+        raise UserError(f"{paths[0]} holds no run settings (crop, image size, normalisation): it was not written "
+                        f"by this main.py; retrain")
+    settings = runs.saved_settings(settings)
+    if tta is not None and tta != settings["tta"]:
+        log.warning("predicting with --tta %s; the run was trained and scored with --tta %s", tta, settings["tta"])
+    tta = tta or settings["tta"]
+    if description is None:
+        is_final = ckpt.get("fold") is not None and ckpt.get("fold") == ckpt.get("kfold")
+        description = "final checkpoint" if is_final else f"fold{ckpt.get('fold')} checkpoint"
+    if threshold is None:
+        run_args = path / "args.json"
+        if path.is_dir() and run_args.is_file():
+            threshold = runs.read_args_json(run_args).get("threshold")
+        if threshold is None:
+            threshold = settings.get("threshold", 0.5)
+    kfold = settings.get("kfold")
+    if description.startswith("mean of") and kfold and len(paths) < kfold:
+        log.warning("%s has %d of its %d fold checkpoints: predicting with the mean of those", path, len(paths), kfold)
+    if tta == "flip":
+        description += ", flip TTA"
+    return Ensemble(paths, description, ckpt["arch"], [int(a) for a in ckpt["aus"]], settings, float(threshold),
+                    tta)
+
+
+def check_same_run(ckpt: dict, path: Path, ensemble: Ensemble) -> None:
+    """Checkpoints averaged together must see the same input and predict the same AUs."""
+    first = ensemble.checkpoints[0]
+    if ckpt["arch"] != ensemble.arch or [int(a) for a in ckpt["aus"]] != ensemble.aus:
+        raise UserError(f"{path} is a {ckpt['arch']} model of AUs {ckpt['aus']}, but {first} is a {ensemble.arch} "
+                        f"model of AUs {ensemble.aus}: they are not one run")
+    for key in INPUT_SETTINGS:
+        if ckpt.get("args", {}).get(key) != ensemble.settings[key]:
+            raise UserError(f"{path} was trained with {key} {ckpt.get('args', {}).get(key)}, {first} with "
+                            f"{ensemble.settings[key]}: they are not one run")
+
+
+def load_member(ensemble: Ensemble, path: Path) -> models.AUNet:
+    """One of the ensemble's models, checked to belong to the run, on the CPU."""
+    model, ckpt = runs.load_trained_model(path)
+    check_same_run(ckpt, path, ensemble)
+    epochs = ckpt.get("args", {}).get("epochs")
+    if epochs and ckpt["epoch"] + 1 < epochs:
+        log.warning("%s stopped at epoch %d of %d: its training is not finished", path, ckpt["epoch"] + 1, epochs)
+    return model
+
+
+@torch.no_grad()
+def predict_crops(model: models.AUNet, crops: torch.Tensor, mean, std, device: torch.device,
+                  batch_size: int, tta: str = "none") -> np.ndarray:
+    """Sigmoid probabilities (N, A) of uint8 crops (N, 1, S, S), normalised as in training, and
+    evaluated as main.py evaluates (engine.evaluate), mirror images included with tta="flip"."""
+    inputs = engine.Inputs(labels=torch.zeros(len(crops), model.num_aus), images=crops, mean=mean, std=std)
+    return engine.evaluate(model, inputs, torch.arange(len(crops)), device, batch_size, tta=tta)
