@@ -30,7 +30,7 @@ import metrics
 import utils
 from utils import UserError
 
-log = logging.getLogger("au")
+log = logging.getLogger(utils.LOGGER_NAME)
 
 METRIC_LABELS = {"f1": "F1", "auc": "ROC AUC", "precision": "precision", "recall": "recall"}
 # args.json keys that say where a run's files were or how it was started, not how it was trained:

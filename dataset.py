@@ -28,7 +28,7 @@ import preprocess
 import utils
 from utils import UserError
 
-log = logging.getLogger("au")
+log = logging.getLogger(utils.LOGGER_NAME)
 
 DEFAULT_AUS = (1, 2, 4, 5, 6, 7, 12, 15, 17, 25)
 NUM_LANDMARKS = 68
@@ -88,8 +88,6 @@ class Sequence:
 
 # ----------------------------------------------------------------------------- scanning
 
-
-is_junk = ckplus.is_junk  # predict.py and the tests filter with the same rule
 
 # What decoding a damaged or non-image file raises (Pillow's errors and what it lets through).
 DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)

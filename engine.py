@@ -28,7 +28,7 @@ import runs
 import utils
 from utils import UserError
 
-log = logging.getLogger("au")
+log = logging.getLogger(utils.LOGGER_NAME)
 
 ORIGINAL_SPLIT_SEED = 20  # the original shuffled its KFold with random_state=20
 

@@ -30,7 +30,7 @@ import runs
 import utils
 from utils import UserError
 
-log = logging.getLogger("au")
+log = logging.getLogger(utils.LOGGER_NAME)
 
 # The demo's settings, on dataset.ensure_demo_tree's synthetic CK+ (120 subjects, sequences of a neutral and a
 # peak frame): res18 from scratch with the original's summed loss, sized for under a minute on a 2-core CPU

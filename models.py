@@ -38,6 +38,7 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
+import utils
 from utils import UserError
 
 # The original program's model names, and the torchvision model each one means.
@@ -223,12 +224,6 @@ def _builder_kwargs(config: ModelConfig, pretrained: bool) -> dict:
     return kwargs
 
 
-def _reason(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    text = text[0] if text else type(error).__name__
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
 # What a failed download raises: urllib and socket errors are OSErrors; a broken connection
 # can surface as an http.client error; torch.hub raises RuntimeError on a hash mismatch.
 _DOWNLOAD_ERRORS = (OSError, http.client.HTTPException, RuntimeError)
@@ -251,7 +246,7 @@ def _pretrained_model(config: ModelConfig, kwargs: dict, name: str = "DEFAULT") 
         try:
             return get_model(config.arch, weights=weights, **kwargs)
         except _UNREADABLE_ERRORS as e:
-            raise UserError(f"cannot load the ImageNet weights {cached} ({_reason(e)}): the file is damaged or "
+            raise UserError(f"cannot load the ImageNet weights {cached} ({utils.first_line(e, limit=120)}): the file is damaged or "
                             f"not {config.arch}'s; delete it and run again to download it afresh, "
                             f"or pass --weights none") from e
     try:
@@ -259,7 +254,7 @@ def _pretrained_model(config: ModelConfig, kwargs: dict, name: str = "DEFAULT") 
     except _DOWNLOAD_ERRORS as e:
         if isinstance(e, RuntimeError) and not any(w in str(e).lower() for w in ("download", "hash", "url")):
             raise  # not a download problem: a bug, keep its traceback
-        raise UserError(f"no ImageNet weights {weights.name} for {config.name} offline ({_reason(e)}): put "
+        raise UserError(f"no ImageNet weights {weights.name} for {config.name} offline ({utils.first_line(e, limit=120)}): put "
                         f"{file_name} (from {url}) in {folder}/, or pass --weights none to train from "
                         f"scratch") from e
 
@@ -361,4 +356,4 @@ def check_input_size(name: str, image_size: int, freeze_backbone: bool) -> None:
             model(torch.zeros(2, 3, image_size, image_size, device=device))
     except RuntimeError as e:
         raise UserError(f"--image-size {image_size} is too small for {name} "
-                        f"({str(e).splitlines()[0]}): use a larger --image-size, e.g. 224") from None
+                        f"({utils.first_line(e)}): use a larger --image-size, e.g. 224") from None

@@ -93,12 +93,6 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     return utils.write_atomically(path, lambda f: torch.save(state, f), size=state_bytes(state))
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    line = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-    return line if len(line) <= 160 else line[:157] + "..."
-
-
 def torch_load_safely(path: Path):
     """torch.load onto the CPU with weights_only=True: tensors and plain data only, so a file crafted
     to run code when unpickled is refused before anything in it runs."""
@@ -144,7 +138,7 @@ def load_checkpoint(path: str | os.PathLike, required: Sequence[str] = CHECKPOIN
             raise UserError(f"checkpoint {path} is truncated or damaged (an interrupted copy?): copy it again, "
                             f"or delete it and resume the run to retrain that fold") from e
         raise UserError(
-            f"{path} is not a readable checkpoint (truncated or not written by main.py): {_first_line(e)}"
+            f"{path} is not a readable checkpoint (truncated or not written by main.py): {utils.first_line(e, limit=160, with_type=True)}"
         ) from e
     if not isinstance(state, dict):
         raise UserError(f"{path} is not an AU checkpoint (it holds a {type(state).__name__}, not a dict): "
@@ -226,7 +220,7 @@ def load_model_state(model: models.AUNet, ckpt: dict, path: Path) -> None:
             model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise UserError(f"checkpoint {path} does not fit a {ckpt['arch']} model with {len(ckpt['aus'])} AUs: "
-                        f"{str(e).splitlines()[0]}") from None
+                        f"{utils.first_line(e)}") from None
 
 
 def load_fold_checkpoint(path: Path, args, aus: list[int], fold: int | None, test_ids: list[str] | None) -> dict:
@@ -327,7 +321,7 @@ def read_weights_file(path: Path, model: str) -> tuple[dict, str]:
     try:
         state = torch_load_safely(path)
     except Exception as e:
-        raise UserError(f"--weights {path} is not a readable PyTorch weights file ({_first_line(e)}): give a state "
+        raise UserError(f"--weights {path} is not a readable PyTorch weights file ({utils.first_line(e, limit=160, with_type=True)}): give a state "
                         f"dict of {model} or a checkpoint of this program") from e
     if isinstance(state, dict) and all(k in state for k in CHECKPOINT_KEYS):
         arch = state["arch"]

@@ -107,13 +107,17 @@ def au_name(au: int) -> str:
     return f"AU{au}"
 
 
-def first_line(error: BaseException | str) -> str:
+def first_line(error: BaseException | str, limit: int | None = None, with_type: bool = False) -> str:
     """The first line of an exception's message (or of a text), stripped; the exception's type
-    name when it says nothing: what a one-line report of a failure shows."""
+    name when it says nothing: what a one-line report of a failure shows. `with_type` puts the
+    type's name before the message; `limit` cuts a longer line to that many characters, with "..."."""
     text = str(error).strip()
-    if text:
-        return text.splitlines()[0].strip()
-    return type(error).__name__ if isinstance(error, BaseException) else ""
+    line = text.splitlines()[0].strip() if text else ""
+    if isinstance(error, BaseException) and (with_type or not line):
+        line = f"{type(error).__name__}: {line}" if line else type(error).__name__
+    if limit is not None and len(line) > limit:
+        line = line[:limit - 3] + "..."
+    return line
 
 
 # ----------------------------------------------------------------------------- atomic files

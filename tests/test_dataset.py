@@ -11,6 +11,7 @@ from PIL import Image
 
 import dataset
 from ckplus_tree import Tree, face_landmarks, fields
+import utils
 from utils import UserError
 
 
@@ -182,7 +183,7 @@ def test_swapped_directories_are_recognised(tree):
 def test_skip_bad_warns_and_counts(tree, caplog):
     (tree.facs / "S005" / "001" / "S005_001_00000003_facs.txt").write_text("garbage here\n")
     (tree.landmarks / "S010" / "001" / "S010_001_00000004_landmarks.txt").unlink()
-    with caplog.at_level(logging.WARNING, logger="au"):
+    with caplog.at_level(logging.WARNING, logger=utils.LOGGER_NAME):
         recs = index(tree, skip_bad=True)
     assert [r.id for r in recs] == ["S005_002"]
     assert "skipped 2 of 3 sequences (--skip-bad)" in caplog.text
@@ -244,7 +245,7 @@ def test_stale_and_corrupt_cache_is_rebuilt(tree, tmp_path, caplog):
     # a corrupt cache file is rebuilt with a warning
     for f in cache.glob("crops-*.npz"):
         f.write_bytes(b"not a zip")
-    with caplog.at_level(logging.WARNING, logger="au"):
+    with caplog.at_level(logging.WARNING, logger=utils.LOGGER_NAME):
         _, again = dataset.load_crops(index(tree), size=24, cache_dir=cache)
     assert "rebuilding" in caplog.text
     np.testing.assert_array_equal(again, crops)

@@ -13,6 +13,7 @@ import engine
 import main
 import metrics
 import runs
+import utils
 from conftest import FAST, run_cli
 
 FOLD_FILES = ("checkpoint.pth", "metrics.csv", "predictions.csv")
@@ -281,7 +282,7 @@ def test_demo_honours_the_flags_typed_with_it(tmp_path, monkeypatch, capsys, cap
     used = {}
     monkeypatch.setattr(main, "train", lambda args: used.update(vars(args)))
     cache = str(tmp_path / "cache")
-    with caplog.at_level("INFO", logger="au"):
+    with caplog.at_level("INFO", logger=utils.LOGGER_NAME):
         assert main.cli(["--demo", "--model", "alexnet", "--epochs", "1", "--cache-dir", cache]) == 0
     assert (used["model"], used["epochs"]) == ("alexnet", 1)
     assert (used["kfold"], used["lr"], used["image_size"]) == (main.DEMO["kfold"], main.DEMO["lr"], 64)

@@ -39,8 +39,8 @@ def test_write_json_and_csv(tmp_path):
 
 @pytest.fixture
 def au_logger():
-    yield logging.getLogger("au")
-    logger = logging.getLogger("au")
+    yield logging.getLogger(utils.LOGGER_NAME)
+    logger = logging.getLogger(utils.LOGGER_NAME)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
@@ -70,7 +70,7 @@ def test_logging_levels_and_file(au_logger, tmp_path, capsys):
 
 def test_logging_still_reaches_caplog(au_logger, caplog):
     log = utils.setup_logging(quiet=True)
-    with caplog.at_level(logging.WARNING, logger="au"):
+    with caplog.at_level(logging.WARNING, logger=utils.LOGGER_NAME):
         log.warning("skipped 2 of 3 sequences")
     assert "skipped 2 of 3 sequences" in caplog.text
 
@@ -140,7 +140,7 @@ def test_a_log_file_on_a_full_disk_warns_once_instead_of_a_traceback_per_line(tm
     try:
         handler.stream = Full()
         for i in range(3):
-            logging.getLogger("au").info("epoch %d", i)
+            logging.getLogger(utils.LOGGER_NAME).info("epoch %d", i)
         err = capsys.readouterr().err
         assert err.count("warning: no space left to write") == 1 and str(tmp_path / "log.txt") in err
         assert "Traceback" not in err and "Logging error" not in err
