@@ -40,6 +40,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 import ckplus
 import dataset
 import engine
+import geometry
 import metrics
 import models
 import preprocess
@@ -323,7 +324,7 @@ def find_faces(path: Path, gray: Image.Image, finder, settings: dict) -> tuple[l
         raise NoFaces("no face")
     try:
         crops = [preprocess.crop_face(gray, face.landmarks, settings["image_size"], settings["crop"],
-                                      settings["margin"]) for face in faces]
+                                      settings["margin"], settings["crop_fill"]) for face in faces]
     except ValueError as e:  # the original crop mode refuses landmarks outside the frame
         raise NoFaces("landmarks outside the image", str(e)) from None
     return faces, crops
@@ -434,10 +435,13 @@ def check_same_run(ckpt: dict, path: Path, ensemble: Ensemble) -> None:
 
 @torch.no_grad()
 def predict_crops(model: models.AUNet, crops: torch.Tensor, mean, std, device: torch.device,
-                  batch_size: int, tta: str = "none") -> np.ndarray:
+                  batch_size: int, tta: str = "none", landmarks: np.ndarray | None = None) -> np.ndarray:
     """Sigmoid probabilities (N, A) of uint8 crops (N, 1, S, S), normalised as in training, and
-    evaluated as main.py evaluates (engine.evaluate), mirror images included with tta="flip"."""
-    inputs = engine.Inputs(labels=torch.zeros(len(crops), model.num_aus), images=crops, mean=mean, std=std)
+    evaluated as main.py evaluates (engine.evaluate), mirror images included with tta="flip".
+    `landmarks`: each face's 68 points in image pixels (N, 68, 2), for a --geometry model."""
+    shape = None if landmarks is None else torch.from_numpy(geometry.normalise(landmarks))
+    inputs = engine.Inputs(labels=torch.zeros(len(crops), model.num_aus), images=crops, mean=mean, std=std,
+                           geometry=shape)
     return engine.evaluate(model, inputs, torch.arange(len(crops)), device, batch_size, tta=tta)
 
 
@@ -451,14 +455,15 @@ def load_member(ensemble: Ensemble, path: Path) -> models.AUNet:
     return model
 
 
-def ensemble_probs(ensemble: Ensemble, crops: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
+def ensemble_probs(ensemble: Ensemble, crops: np.ndarray, device: torch.device, batch_size: int,
+                   landmarks: np.ndarray | None = None) -> np.ndarray:
     """The mean probability of the ensemble's models, loading one model at a time."""
     images = torch.from_numpy(crops).unsqueeze(1)
     mean, std = ensemble.mean_std
     total = np.zeros((len(crops), len(ensemble.aus)), dtype=np.float64)
     for path in ensemble.checkpoints:
         model = load_member(ensemble, path)
-        total += predict_crops(model.to(device), images, mean, std, device, batch_size, ensemble.tta)
+        total += predict_crops(model.to(device), images, mean, std, device, batch_size, ensemble.tta, landmarks)
         del model
     return total / len(ensemble.checkpoints)
 
@@ -472,14 +477,15 @@ class HeldEnsemble:
         self.ensemble, self.device, self.batch_size = ensemble, device, batch_size
         self.models: list[models.AUNet] = []
 
-    def __call__(self, crops: np.ndarray) -> np.ndarray:
+    def __call__(self, crops: np.ndarray, landmarks: np.ndarray | None = None) -> np.ndarray:
         if not self.models:
             self.models = [load_member(self.ensemble, path).to(self.device) for path in self.ensemble.checkpoints]
         images = torch.from_numpy(crops).unsqueeze(1)
         mean, std = self.ensemble.mean_std
         total = np.zeros((len(crops), len(self.ensemble.aus)), dtype=np.float64)
         for model in self.models:
-            total += predict_crops(model, images, mean, std, self.device, self.batch_size, self.ensemble.tta)
+            total += predict_crops(model, images, mean, std, self.device, self.batch_size, self.ensemble.tta,
+                                   landmarks)
         return total / len(self.models)
 
 
@@ -593,7 +599,7 @@ class FaceBatch:
             return
         frame, seconds, number, box, points = zip(*self.waiting)
         self.done.append({"frame": np.array(frame), "time": np.array(seconds), "face": np.array(number),
-                          "boxes": np.array(box), "probs": self.predict(np.stack(self.crops)),
+                          "boxes": np.array(box), "probs": self.predict(np.stack(self.crops), np.array(points)),
                           "landmarks": np.array(points, dtype=np.float32) if self.keep_landmarks else None})
         self.crops, self.waiting = [], []
 
@@ -916,7 +922,8 @@ def main(args: argparse.Namespace) -> dict:
 
     located = [locate_faces(path, finder, ensemble.settings) for path in progress(images, args.quiet)]
     crops = [c for image in located for c in image.crops]
-    probs = (ensemble_probs(ensemble, np.stack(crops), device, args.batch_size) if crops
+    points = np.array([face.landmarks for image in located for face in image.faces])
+    probs = (ensemble_probs(ensemble, np.stack(crops), device, args.batch_size, points) if crops
              else np.zeros((0, len(ensemble.aus))))
     per_image = np.split(probs, np.cumsum([len(image.faces) for image in located])[:-1])
 
