@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import compare
 import dataset
 import engine
 import geometry
@@ -149,6 +150,9 @@ def test_geometry_run_records_it_and_e_reproduces_it(geometry_run, fast_run, cap
     capsys.readouterr()
     assert main.cli(["-e", "--resume", str(geometry_run), "--quiet"]) == 0
     assert "matches results.json" in capsys.readouterr().out
+    # compare.py names the setting
+    plain, fused = compare.row_names(compare.read_runs([str(fast_run), str(geometry_run)]))
+    assert "--geometry" in fused and "--geometry" not in plain
     # a checkpoint saved before --geometry loads as the model it was
     old = torch.load(fast_run / "fold0" / "checkpoint.pth", weights_only=True)
     del old["args"]["geometry"], old["args"]["crop_fill"]
