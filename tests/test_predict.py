@@ -465,7 +465,7 @@ def test_every_nth_frame_and_batches_give_the_same_rows(final_run, clip, pixels_
     sizes = []
     real = predict.HeldEnsemble.__call__
     monkeypatch.setattr(predict.HeldEnsemble, "__call__",
-                        lambda self, crops: sizes.append(len(crops)) or real(self, crops))
+                        lambda self, crops, *more: sizes.append(len(crops)) or real(self, crops, *more))
     rc, out, _ = call(capsys, final_run.dir, clip.path, "--every", "3", "-b", "2", "--out", tmp_path / "3.csv")
     rows = read_rows(tmp_path / "3.csv")
     kept = list(range(0, len(clip.order), 3))
