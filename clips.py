@@ -98,7 +98,7 @@ class FaceBatch:
         # them, and beside them each crop's 68 landmarks (N, 68, 2) in image pixels.
         crops = np.stack(self.crops)
         points = np.stack(points).astype(np.float32)
-        probs = self.predict(crops)
+        probs = self.predict(crops, points)
         start = 0
         while start < len(clip_of):  # a clip's faces are neighbours in the batch
             clip = clip_of[start]

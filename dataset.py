@@ -24,6 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 import ckplus
+import geometry
 import preprocess
 import utils
 from utils import UserError
@@ -406,11 +407,12 @@ def ensure_demo_tree(cache_dir: str | os.PathLike | None = None) -> Path:
     return root
 
 
-def _decode_and_crop(image_path: Path, landmarks: np.ndarray, size: int, crop: str, margin: float) -> np.ndarray:
+def _decode_and_crop(image_path: Path, landmarks: np.ndarray, size: int, crop: str, margin: float,
+                     fill: str = "image") -> np.ndarray:
     try:
         with Image.open(image_path) as img:
             img.load()
-            return preprocess.crop_face(img, landmarks, size, crop, margin)
+            return preprocess.crop_face(img, landmarks, size, crop, margin, fill)
     except preprocess.OutsideFrame:
         raise DataError(f"the landmarks of {image_path} lie outside the frame: check its landmark file, or pass --skip-bad",
                         "landmarks outside frame")
@@ -426,10 +428,13 @@ def _crop_one(args) -> np.ndarray | DataError:
         return e
 
 
-def _cache_key(records: Seq[Sequence], size: int, crop: str, margin: float) -> str:
+def _cache_key(records: Seq[Sequence], size: int, crop: str, margin: float, fill: str = "black") -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"v": CACHE_VERSION, "size": size, "crop": crop,
-                         "margin": margin if crop == "square" else None}).encode())
+    # the fill is in the key only when it is not black, so crops cached before --crop-fill keep their key
+    key = {"v": CACHE_VERSION, "size": size, "crop": crop, "margin": margin if crop == "square" else None}
+    if crop == "square" and fill != "black":
+        key["fill"] = fill
+    h.update(json.dumps(key).encode())
     for r in records:
         try:
             st = os.stat(r.image_path)
@@ -464,6 +469,7 @@ def load_crops(
     size: int,
     crop: str = "square",
     margin: float = preprocess.DEFAULT_MARGIN,
+    fill: str = "image",
     cache_dir: str | os.PathLike | None = None,
     workers: int = 0,
     skip_bad: bool = False,
@@ -481,7 +487,7 @@ def load_crops(
         return [], np.zeros((0, size, size), dtype=np.uint8)
     cache_path = None
     if cache_dir is not None:
-        cache_path = Path(cache_dir) / f"crops-{_cache_key(records, size, crop, margin)}.npz"
+        cache_path = Path(cache_dir) / f"crops-{_cache_key(records, size, crop, margin, fill)}.npz"
         cached = _load_cache(cache_path, records, size)
         if cached is not None:
             ids, images, skipped = cached
@@ -495,7 +501,7 @@ def load_crops(
             evict_crops(cache_path.parent, keep=cache_path)
             return [by_id[i] for i in ids], images
 
-    jobs = [(r.image_path, r.landmarks, size, crop, margin) for r in records]
+    jobs = [(r.image_path, r.landmarks, size, crop, margin, fill) for r in records]
     if workers > 0 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(_crop_one, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
@@ -610,7 +616,10 @@ class CKPlusDataset:
     AUs, and `row_sequence` says which sequence each row belongs to. `images` is
     (rows, 1, size, size) uint8 and `labels` (rows, A) float32, both tensors, so a training loop
     indexes whole batches directly (no DataLoader: nothing is decoded per epoch). Normalisation
-    happens later, per batch, on the training device (preprocess.prepare_batch).
+    happens later, per batch, on the training device (preprocess.prepare_batch). `geometry` is
+    (rows, 136) float32: each row's own landmarks, normalised (geometry.normalise), for --geometry.
+    `images=False` (--model landmarks, which sees no image) decodes and crops nothing: `images` is
+    then one black pixel per row, and a frame that would not decode is not noticed.
     """
 
     def __init__(
@@ -621,26 +630,36 @@ class CKPlusDataset:
         size: int,
         crop: str = "square",
         margin: float = preprocess.DEFAULT_MARGIN,
+        fill: str = "image",
         cache_dir: str | os.PathLike | None = None,
         workers: int = 0,
         skip_bad: bool = False,
+        images: bool = True,
     ):
         self.aus = list(aus)
-        self.records, crops = load_crops(records, size=size, crop=crop, margin=margin,
-                                         cache_dir=cache_dir, workers=workers, skip_bad=skip_bad)
+
+        def crops_of(items, what: str):
+            if not images:
+                return list(items), np.zeros((len(items), 1, 1), dtype=np.uint8)
+            return load_crops(items, size=size, crop=crop, margin=margin, fill=fill, cache_dir=cache_dir,
+                              workers=workers, skip_bad=skip_bad, what=what)
+
+        self.records, crops = crops_of(records, "sequences")
         labels = encode_labels(self.records, self.aus)
         self.row_sequence = np.arange(len(self.records))
+        points = [r.landmarks for r in self.records]
         earlier = [(i, f) for i, r in enumerate(self.records) for f in r.earlier]
         if earlier:
-            kept, extra = load_crops([f for _, f in earlier], size=size, crop=crop, margin=margin, cache_dir=cache_dir,
-                                     workers=workers, skip_bad=skip_bad, what="frames")
+            kept, extra = crops_of([f for _, f in earlier], "frames")
             owner = {id(f): i for i, f in earlier}
             extra_rows = np.array([owner[id(f)] for f in kept], dtype=np.int64)
             crops = np.concatenate([crops, extra])
             labels = np.concatenate([labels, labels[extra_rows]])
             self.row_sequence = np.concatenate([self.row_sequence, extra_rows])
+            points += [f.landmarks for f in kept]
         self.images = torch.from_numpy(crops).unsqueeze(1)
         self.labels = torch.from_numpy(labels)
+        self.geometry = torch.from_numpy(geometry.normalise(np.stack(points)))
         self.ids = [r.id for r in self.records]
         self.subjects = [r.subject for r in self.records]
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 import dataset
+import geometry
 import metrics
 import models
 import preprocess
@@ -61,8 +62,9 @@ def load_data(args: argparse.Namespace, training: bool = True) -> tuple[dataset.
     aus = dataset.select_aus(records, aus=None if args.aus is None else dataset.parse_au_list(args.aus),
                              min_count=args.min_count)
     data = dataset.CKPlusDataset(
-        records, aus, size=args.image_size, crop=args.crop, margin=args.margin,
+        records, aus, size=args.image_size, crop=args.crop, margin=args.margin, fill=args.crop_fill,
         cache_dir=None if args.no_cache else args.cache_dir, workers=args.workers, skip_bad=args.skip_bad,
+        images=args.model != models.LANDMARKS,  # the geometry-only model sees no image: nothing to decode
     )
     missing = [f"AU{au}" for au, n in zip(aus, data.labels.sum(0).tolist()) if n == 0]
     if missing:
@@ -107,7 +109,9 @@ class Inputs:
     """What a fold trains on: uint8 crops normalised per batch on the device, or, with a frozen
     backbone and no augmentation, the backbone's features of every image (computed once per
     run by `make_inputs`), in which case only the model's head runs (`forward`). With --tta
-    flip the features of the mirrored peak frames are computed once too."""
+    flip the features of the mirrored peak frames are computed once too. `geometry`: each row's
+    normalised landmarks (dataset.CKPlusDataset.geometry), which a --geometry model takes beside
+    the image; a mirrored image (an --augment flip, --tta flip) gets them mirrored."""
 
     labels: torch.Tensor
     images: torch.Tensor
@@ -117,21 +121,38 @@ class Inputs:
     std: tuple = (0.5, 0.5, 0.5)
     augment: bool = False
     channels_last: bool = False
+    geometry: torch.Tensor | None = None
 
     def batch(self, idx: torch.Tensor, device: torch.device, generator: torch.Generator | None, train: bool,
-              flip: bool = False):
-        """The rows `idx` as the model takes them; `flip`: their mirror images (for --tta flip)."""
+              flip: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The rows `idx` as the model takes them, (images or features, geometry or None); `flip`:
+        their mirror images (for --tta flip)."""
+        shape = None if self.geometry is None else self.geometry[idx]
+        if shape is not None and flip:
+            shape = geometry.mirror(shape)
         if self.features is not None:
             features = self.flipped_features if flip else self.features
-            return features[idx].to(device, non_blocking=True)
+            return features[idx].to(device, non_blocking=True), _to(shape, device)
         x = self.images[idx].to(device, non_blocking=True)
-        x = preprocess.prepare_batch(x, self.mean, self.std, augment=self.augment and train,
-                                     generator=generator, channels_last=self.channels_last)
-        return x.flip(-1) if flip else x
+        draws = None
+        if self.augment and train:
+            # one draw decides both the image's flip and its landmarks'
+            draws = preprocess.augment_draws(len(idx), generator)
+            if shape is not None:
+                mirrored = preprocess.flipped(draws)
+                shape = torch.where(mirrored[:, None], geometry.mirror(shape), shape)
+        x = preprocess.prepare_batch(x, self.mean, self.std, augment=draws is not None, draws=draws,
+                                     channels_last=self.channels_last)
+        return (x.flip(-1) if flip else x), _to(shape, device)
 
-    def forward(self, model: models.AUNet, x: torch.Tensor):
+    def forward(self, model: models.AUNet, batch: tuple[torch.Tensor, torch.Tensor | None]):
         """The model on a batch: the head alone on cached features, the whole model on images."""
-        return model.forward_head(x) if self.features is not None else model(x)
+        x, shape = batch
+        return model.forward_head(x, shape) if self.features is not None else model(x, shape)
+
+
+def _to(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(device, non_blocking=True)
 
 
 def autocast(device: torch.device, amp: bool):
@@ -150,7 +171,7 @@ def make_inputs(data: dataset.CKPlusDataset, args: argparse.Namespace, device: t
         # gathered and normalised there with no host round trip.
         images = images.pin_memory().to(device, non_blocking=True)
     inputs = Inputs(labels=data.labels, images=images, mean=mean, std=std, augment=args.augment,
-                    channels_last=device.type == "cuda")
+                    channels_last=device.type == "cuda", geometry=data.geometry)
     if frozen_backbone is not None and not args.augment and not args.no_feature_cache:
         t0 = time.perf_counter()
         extractor = models.build_model(args.model, len(data.aus), pretrained=False, freeze_backbone=True,
@@ -163,7 +184,7 @@ def make_inputs(data: dataset.CKPlusDataset, args: argparse.Namespace, device: t
             chunks = []
             for idx in torch.arange(rows).split(max(args.batch_size, 64)):
                 with autocast(device, args.amp):
-                    x = inputs.batch(idx, device, None, train=False, flip=flip)
+                    x, _ = inputs.batch(idx, device, None, train=False, flip=flip)
                     chunks.append(extractor.forward_features(x).float())
             return torch.cat(chunks)
 
@@ -231,10 +252,10 @@ def train_one_epoch(model: models.AUNet, criterion: nn.Module, optimizer, scaler
     for idx in order.split(args.batch_size):
         if len(idx) == 1 and len(order) > 1:
             continue  # BatchNorm cannot train on a batch of one; skipped for every model alike
-        x = inputs.batch(idx, device, generator, train=True)
+        batch = inputs.batch(idx, device, generator, train=True)
         y = inputs.labels[idx].to(device, non_blocking=True)
         with autocast(device, args.amp):
-            loss = au_loss(criterion, inputs.forward(model, x), y, args.loss)
+            loss = au_loss(criterion, inputs.forward(model, batch), y, args.loss)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -308,8 +329,9 @@ def fresh_model(args, num_aus: int, start: runs.StartingWeights, frozen_backbone
     """A fold's model before training: the run's frozen backbone (shared by every fold), or the
     backbone --weights names (torchvision's weights, a file's, or random), and a fresh head."""
     if frozen_backbone is not None:
-        return runs.StartingWeights(state=frozen_backbone).build(args.model, num_aus, freeze_backbone=True)
-    return start.build(args.model, num_aus, args.freeze_backbone)
+        return runs.StartingWeights(state=frozen_backbone).build(args.model, num_aus, freeze_backbone=True,
+                                                                 geometry=args.geometry)
+    return start.build(args.model, num_aus, args.freeze_backbone, geometry=args.geometry)
 
 
 def train_fold(fold: int, train_idx: np.ndarray, test_idx: np.ndarray, data: dataset.CKPlusDataset,

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 import engine
+import geometry
 import models
 import preprocess
 import runs
@@ -51,13 +52,14 @@ class Ensemble:
         self.device, self.batch_size = device, batch_size
         self.members = [load_member(self, path).to(device) for path in self.checkpoints]
 
-    def __call__(self, crops: np.ndarray) -> np.ndarray:
-        """The mean probability (N, A) of the models for uint8 crops (N, S, S)."""
+    def __call__(self, crops: np.ndarray, landmarks: np.ndarray | None = None) -> np.ndarray:
+        """The mean probability (N, A) of the models for uint8 crops (N, S, S); `landmarks`: each
+        crop's 68 points in image pixels (N, 68, 2), which a --geometry model reads too."""
         images = torch.from_numpy(crops).unsqueeze(1)
         mean, std = self.mean_std
         total = np.zeros((len(crops), len(self.aus)), dtype=np.float64)
         for model in self.members:
-            total += predict_crops(model, images, mean, std, self.device, self.batch_size, self.tta)
+            total += predict_crops(model, images, mean, std, self.device, self.batch_size, self.tta, landmarks)
         return total / len(self.members)
 
 
@@ -135,8 +137,11 @@ def load_member(ensemble: Ensemble, path: Path) -> models.AUNet:
 
 @torch.no_grad()
 def predict_crops(model: models.AUNet, crops: torch.Tensor, mean, std, device: torch.device,
-                  batch_size: int, tta: str = "none") -> np.ndarray:
+                  batch_size: int, tta: str = "none", landmarks: np.ndarray | None = None) -> np.ndarray:
     """Sigmoid probabilities (N, A) of uint8 crops (N, 1, S, S), normalised as in training, and
-    evaluated as main.py evaluates (engine.evaluate), mirror images included with tta="flip"."""
-    inputs = engine.Inputs(labels=torch.zeros(len(crops), model.num_aus), images=crops, mean=mean, std=std)
+    evaluated as main.py evaluates (engine.evaluate), mirror images included with tta="flip".
+    `landmarks` (N, 68, 2, image pixels) become the normalised shape a --geometry model reads."""
+    shape = None if landmarks is None else torch.from_numpy(geometry.normalise(landmarks))
+    inputs = engine.Inputs(labels=torch.zeros(len(crops), model.num_aus), images=crops, mean=mean, std=std,
+                           geometry=shape)
     return engine.evaluate(model, inputs, torch.arange(len(crops)), device, batch_size, tta=tta)

@@ -188,7 +188,7 @@ def find_faces(path: Path, image: Image.Image, finder, settings: dict) -> tuple[
         raise NoFaces("no face")
     try:
         crops = [preprocess.crop_face(gray, face.landmarks, settings["image_size"], settings["crop"],
-                                      settings["margin"]) for face in faces]
+                                      settings["margin"], settings["crop_fill"]) for face in faces]
     except ValueError as e:  # the original crop mode refuses landmarks outside the frame
         raise NoFaces("landmarks outside the image", str(e)) from None
     return faces, crops

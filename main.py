@@ -32,9 +32,7 @@ from utils import UserError
 
 log = logging.getLogger(utils.LOGGER_NAME)
 
-# The demo's settings, on dataset.ensure_demo_tree's synthetic CK+ (120 subjects, sequences of a neutral and a
-# peak frame): res18 from scratch with the original's summed loss, sized for under a minute on a 2-core CPU
-# (benchmarks/demo.py). --margin 0 scored higher than 0.05 and 0.1 over two seeds.
+# The demo on dataset.ensure_demo_tree's synthetic CK+: under a minute on a 2-core CPU (benchmarks/demo.py).
 DEMO = dict(model="res18", epochs=8, step=3, gamma=0.5, batch_size=32, lr=0.02, kfold=2, image_size=64,
             margin=0.0, weights="none", loss="sum")
 
@@ -58,6 +56,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "original program's stretched rectangle (default: square)")
     d.add_argument("--margin", type=float, default=preprocess.DEFAULT_MARGIN, metavar="F",
                    help="square crop: extra side around the landmark box, as a fraction")
+    d.add_argument("--crop-fill", choices=preprocess.CROP_FILLS, default="image",
+                   help="a square crop past the frame: image shifts it inside (or repeats the edge); black pads it")
     d.add_argument("--image-size", type=int, metavar="PX", default=None,
                    help="model input size (default: the backbone's own, 224; 299 for inception)")
     d.add_argument("--norm", choices=preprocess.NORM_MODES, default=None,
@@ -65,10 +65,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(default: weights)")
     d.add_argument("--augment", action="store_true", help="random flips and small affine jitter on training batches")
     d.add_argument("--frames", type=int, default=1, metavar="N",
-                   help="train on the last N frames of each training sequence (the peak and the N-1 before it, "
-                        "each cropped with its own landmarks, all labelled with the sequence's FACS file; a shorter "
-                        "sequence gives what it has); test folds are always scored on the peak frame alone, one row "
-                        "per sequence (default: 1, the peak only, as the original)")
+                   help="train on the last N frames of each training sequence, each with its own landmarks and "
+                        "the sequence's labels; test folds are scored on the peak alone (default: 1, as the original)")
     d.add_argument("--skip-bad", action="store_true", help="skip bad sequences with a warning instead of stopping")
     d.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="where face crops (and the demo's synthetic CK+) are cached; crops beyond "
@@ -79,7 +77,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--model", metavar="NAME", default=None,
                    help="backbone: alexnet vgg16 vgg16_bn vgg19 res18 res50 res101 inception, or any torchvision "
-                        "classification model (default: alexnet)")
+                        "classification model, or landmarks: no image, the landmarks' geometry alone (default: alexnet)")
+    m.add_argument("--geometry", action="store_true",
+                   help="also feed each frame's normalised 68 landmarks through a branch joining the AU head")
     m.add_argument("--weights", metavar="NAME|FILE", default="DEFAULT",
                    help="the backbone's starting weights: a torchvision weights name of --model (DEFAULT, "
                         "IMAGENET1K_V1, ...), none (random: train from scratch), or a file: a state dict of the "
@@ -90,8 +90,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     m.add_argument("--freeze-backbone", action="store_true",
                    help="train only the AU head, as the original did (backbone features are then computed once)")
     m.add_argument("--no-feature-cache", action="store_true",
-                   help="with --freeze-backbone: run the frozen backbone on every batch of every epoch, as the "
-                        "original did, instead of computing its features once (same predictions, slower)")
+                   help="with --freeze-backbone: run the backbone on every batch, as the original did, instead "
+                        "of computing its features once (same predictions, slower)")
 
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=100, metavar="N", help="epochs per fold")
@@ -103,8 +103,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     o.add_argument("--lr", "--learning-rate", type=float, default=0.01, metavar="LR", dest="lr",
                    help="initial learning rate of the AU head, and (times --backbone-lr) of the backbone. With "
                         "--loss mean it is the rate torchvision's and timm's recipes mean; with --loss sum each "
-                        "AU's loss gets it, so a shared backbone moves about as fast as at A x LR with the mean "
-                        "(A: the number of AUs)")
+                        "AU's loss gets it (a shared backbone then moves as at A x LR with the mean, A AUs)")
     o.add_argument("--backbone-lr", type=float, default=1.0, metavar="F",
                    help="the backbone's learning rate as a fraction of --lr (its own parameter group; --step "
                         "decays both). On real faces a slower backbone alone measured worse than one rate for "
@@ -130,8 +129,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="after the folds, train one more model on every sequence (for predict.py)")
     c.add_argument("--tta", choices=engine.TTA_MODES, default=None,
                    help="test-time augmentation: flip scores each test face by the mean probability of it and its "
-                        "mirror image; -e and predict.py use the run's unless told (default: none; with -e: the "
-                        "run's)")
+                        "mirror image; -e and predict.py use the run's unless told (default: none)")
 
     r = p.add_argument_group("run")
     r.add_argument("--resume", metavar="PATH", default=None,
@@ -194,6 +192,9 @@ def fill_defaults(args: argparse.Namespace) -> None:
     args.loss = engine.resolve_loss(args.loss, args.freeze_backbone)
     if args.tta is None:
         args.tta = "none"
+    if args.model == models.LANDMARKS:  # no backbone: no weights; the geometry is the model
+        args.weights = "none" if args.weights == "DEFAULT" else args.weights
+        args.geometry = True
     if args.weights.lower() == "none":
         args.weights = "none"
     elif not runs.is_weights_name(args.weights):

@@ -38,6 +38,7 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
+import geometry
 import utils
 from utils import UserError
 
@@ -52,6 +53,12 @@ ALIASES = {
     "res101": "resnet101",
     "inception": "inception_v3",
 }
+
+# --model landmarks: no backbone, the AU head on the landmark geometry alone (the classic CK+ shape baseline).
+LANDMARKS = "landmarks"
+# --geometry: width of the landmark branch whose output joins the backbone's features before the AU head.
+GEOMETRY_WIDTH = 64
+GEOMETRY_FEATURES = geometry.FEATURES  # (the name `geometry` is the flag inside AUNet)
 
 # Weight of inception's auxiliary loss, as in torchvision's classification recipe.
 AUX_WEIGHT = 0.4
@@ -89,6 +96,8 @@ def _torchvision_models() -> list[str]:
 
 def resolve_arch(name: str) -> str:
     """The torchvision model behind `name`, or a UserError with the closest valid name."""
+    if name == LANDMARKS:
+        return LANDMARKS
     if name in ALIASES:
         return ALIASES[name]
     known = _torchvision_models()
@@ -105,6 +114,8 @@ def _default_weights(arch: str):
 
 
 def _weights_enum(arch: str):
+    if arch == LANDMARKS:
+        return None
     try:
         return get_model_weights(arch)
     except (KeyError, ValueError):  # a model torchvision ships without any weights
@@ -137,6 +148,8 @@ def weights_file(name: str, weights: str) -> tuple[str, str]:
 def model_config(name: str) -> ModelConfig:
     """Input size, normalisation and weights file of a model, from its DEFAULT ImageNet weights."""
     arch = resolve_arch(name)
+    if arch == LANDMARKS:  # no images: the size only keeps the (unused) image pipeline small
+        return ModelConfig(name, arch, 32, _IMAGENET_MEAN, _IMAGENET_STD, None, None)
     weights = _default_weights(arch)
     if weights is None:
         return ModelConfig(name, arch, _FALLBACK_SIZE, _IMAGENET_MEAN, _IMAGENET_STD, None, None)
@@ -159,13 +172,23 @@ class AUNet(nn.Module):
     lets the training loop compute a frozen backbone's features once and train the head alone.
     In training, inception (not frozen) returns `(logits, aux_logits)`; the loss weighs the
     second by `AUX_WEIGHT`.
+
+    With `geometry` (--geometry, and always for --model landmarks) the model also takes each
+    image's normalised landmarks (B, 136, geometry.normalise): a small MLP maps them to
+    GEOMETRY_WIDTH numbers, concatenated with the backbone's features before the head, so
+    training decides how much each counts. The branch is part of the head: it trains on a
+    frozen backbone, and cached features need only the geometry beside them.
     """
 
     def __init__(self, backbone: nn.Module, num_features: int, num_aus: int, config: ModelConfig,
-                 aux_features: int | None = None, frozen: bool = False):
+                 aux_features: int | None = None, frozen: bool = False, geometry: bool = False):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(num_features, num_aus)
+        self.geometry = geometry
+        self.geometry_branch = nn.Sequential(
+            nn.Linear(GEOMETRY_FEATURES, 128), nn.ReLU(), nn.Linear(128, GEOMETRY_WIDTH), nn.ReLU(),
+        ) if geometry else None
+        self.head = nn.Linear(num_features + (GEOMETRY_WIDTH if geometry else 0), num_aus)
         self.aux_head = nn.Linear(aux_features, num_aus) if aux_features is not None else None
         self.num_aus = num_aus
         self.config = config
@@ -186,7 +209,8 @@ class AUNet(nn.Module):
             self.backbone.eval()
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, geometry: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         aux_runs = self.aux_head is not None and self.backbone.training
         if aux_runs and min(x.shape[-2:]) < INCEPTION_AUX_MIN_SIZE:
             raise UserError(f"{self.config.name} trains its auxiliary head on inputs of at least "
@@ -195,16 +219,28 @@ class AUNet(nn.Module):
         out = self.forward_features(x)
         if isinstance(out, tuple):  # inception in training: (features, aux features)
             features, aux = out
-            return self.head(features), self.aux_head(aux)
-        return self.forward_head(out)
+            return self.forward_head(features, geometry), self.aux_head(aux)
+        return self.forward_head(out, geometry)
 
     def forward_features(self, x: torch.Tensor):
         """The backbone's penultimate features (B, F)."""
         return self.backbone(x)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """AU logits (B, A) from backbone features."""
-        return self.head(features)
+    def forward_head(self, features: torch.Tensor, geometry: torch.Tensor | None = None) -> torch.Tensor:
+        """AU logits (B, A) from backbone features (and, for a geometry model, the normalised landmarks)."""
+        if self.geometry_branch is None:
+            return self.head(features)
+        if geometry is None:
+            raise ValueError("this model takes the landmarks' geometry beside the image (--geometry)")
+        shape = self.geometry_branch(geometry.to(features.dtype))
+        return self.head(torch.cat([features, shape], dim=1))
+
+
+class NoImage(nn.Module):
+    """--model landmarks' backbone: no features from the image, (B, 0)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(x.shape[0], 0)
 
 
 def _builder_kwargs(config: ModelConfig, pretrained: bool) -> dict:
@@ -294,6 +330,8 @@ def backbone_state(name: str, state: dict, source: str) -> dict:
     of the AU model's backbone, i.e. without the classifier. Anything that is not that model's
     state dict is a UserError naming `source` (the file it came from)."""
     config = model_config(name)
+    if config.arch == LANDMARKS:
+        raise UserError(f"--weights {source}: --model {LANDMARKS} has no backbone to take weights: pass --weights none")
     skeleton, _ = shapes_only(lambda: get_model(config.arch, weights=None, **_builder_kwargs(config, pretrained=False)))
     path, _, _ = _strip_classifier(skeleton, name)
     expected = skeleton.state_dict()
@@ -312,16 +350,21 @@ def backbone_state(name: str, state: dict, source: str) -> dict:
 
 
 def build_model(name: str, num_aus: int, pretrained: bool = True, freeze_backbone: bool = False,
-                backbone_state: dict | None = None, weights: str = "DEFAULT") -> AUNet:
+                backbone_state: dict | None = None, weights: str = "DEFAULT", geometry: bool = False) -> AUNet:
     """An `AUNet` for `name` with a fresh `num_aus`-unit head.
 
     pretrained: torchvision's ImageNet weights `weights` (a name such as DEFAULT or
     IMAGENET1K_V1; from its hub cache, downloaded if missing); otherwise torchvision's own
     random initialisation. freeze_backbone: only the head trains and the backbone stays in eval
     mode, as in the original program. backbone_state: the backbone's weights to load instead
-    (a run's frozen backbone.pth, or a --weights file).
+    (a run's frozen backbone.pth, or a --weights file). geometry: the landmark branch beside
+    the backbone (always there for --model landmarks, which has no backbone).
     """
     config = model_config(name)
+    if config.arch == LANDMARKS:
+        if pretrained:
+            raise UserError(f"--model {LANDMARKS} has no backbone and no ImageNet weights: pass --weights none")
+        return AUNet(NoImage(), 0, num_aus, config, frozen=freeze_backbone, geometry=True)
     kwargs = _builder_kwargs(config, pretrained)
     if pretrained:
         model = _pretrained_model(config, kwargs, weights)
@@ -330,7 +373,8 @@ def build_model(name: str, num_aus: int, pretrained: bool = True, freeze_backbon
     _, num_features, aux_features = _strip_classifier(model, name)
     if backbone_state is not None:
         model.load_state_dict(backbone_state)
-    return AUNet(model, num_features, num_aus, config, aux_features=aux_features, frozen=freeze_backbone)
+    return AUNet(model, num_features, num_aus, config, aux_features=aux_features, frozen=freeze_backbone,
+                 geometry=geometry)
 
 
 def shapes_only(build):
@@ -353,7 +397,8 @@ def check_input_size(name: str, image_size: int, freeze_backbone: bool) -> None:
     try:
         model.train()
         with torch.no_grad():
-            model(torch.zeros(2, 3, image_size, image_size, device=device))
+            model(torch.zeros(2, 3, image_size, image_size, device=device),
+                  torch.zeros(2, GEOMETRY_FEATURES, device=device))
     except RuntimeError as e:
         raise UserError(f"--image-size {image_size} is too small for {name} "
                         f"({utils.first_line(e)}): use a larger --image-size, e.g. 224") from None

@@ -16,6 +16,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 CROP_MODES = ("square", "original")
+# A square crop that reaches past the frame: `image` moves it inside the frame where it fits and
+# replicates the frame's edge for what is still outside; `black` pads with zeros (before --crop-fill).
+CROP_FILLS = ("image", "black")
 NORM_MODES = ("weights", "half")
 DEFAULT_MARGIN = 0.25
 
@@ -39,7 +42,7 @@ def crop_box(
 
     `original` is the original program's rectangle, clipped to the frame. `square` is
     centred on the landmark box with side `max(width, height) * (1 + margin)`; it may
-    reach past the frame, and `crop_face` pads those parts.
+    reach past the frame (`crop_face` decides what fills those parts, `inside_frame` moves it in).
     """
     width, height = frame_size
     pts = np.asarray(landmarks, dtype=np.float64)
@@ -62,24 +65,58 @@ def crop_box(
     raise ValueError(f"unknown crop mode {mode!r}; choose one of {', '.join(CROP_MODES)}")
 
 
+def inside_frame(box: tuple[int, int, int, int], frame_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The box moved (not resized) to lie inside the frame along each axis where its side fits;
+    along an axis where it does not fit it stays centred where it was."""
+    left, top, right, bottom = box
+
+    def shift(low: int, high: int, limit: int) -> int:
+        if high - low > limit:
+            return 0
+        return -low if low < 0 else limit - high if high > limit else 0
+
+    dx, dy = shift(left, right, frame_size[0]), shift(top, bottom, frame_size[1])
+    return left + dx, top + dy, right + dx, bottom + dy
+
+
+def _edge_crop(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """`box` of `image`, the part outside the frame filled by replicating the frame's edge pixels."""
+    left, top, right, bottom = box
+    width, height = image.size
+    pad = (max(0, -top), max(0, bottom - height)), (max(0, -left), max(0, right - width))
+    if not any(p for pair in pad for p in pair):
+        return image.crop(box)
+    array = np.pad(np.asarray(image), pad, mode="edge")
+    x0, y0 = left + pad[1][0], top + pad[0][0]
+    return Image.fromarray(array[y0:y0 + bottom - top, x0:x0 + right - left])
+
+
 def crop_face(
     image: Image.Image | np.ndarray,
     landmarks: np.ndarray,
     size: int,
     mode: str = "square",
     margin: float = DEFAULT_MARGIN,
+    fill: str = "image",
 ) -> np.ndarray:
     """Crop the face and resize it to a `size` x `size` grayscale uint8 array.
 
-    Parts of a square box outside the frame come out black. The resize is Pillow's
+    A square box that reaches past the frame is, with fill="image", moved inside the frame where
+    it fits, and what still lies outside (a face larger than the frame) repeats the frame's edge;
+    with fill="black" it is padded black, as before --crop-fill. The resize is Pillow's
     antialiased bilinear, so shrinking a 250 px face to 64 px does not alias.
     """
+    if fill not in CROP_FILLS:
+        raise ValueError(f"unknown crop fill {fill!r}; choose one of {', '.join(CROP_FILLS)}")
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     if image.mode != "L":
         image = image.convert("L")
     box = crop_box(landmarks, image.size, mode, margin)
-    face = image.crop(box)  # Pillow fills the area outside the frame with 0
+    if fill == "black":
+        face = image.crop(box)  # Pillow fills the area outside the frame with 0
+    else:
+        face = _edge_crop(image, inside_frame(box, image.size))
     face = face.resize((size, size), Image.BILINEAR)
     return np.asarray(face, dtype=np.uint8)
 
@@ -93,16 +130,29 @@ def resolve_norm(norm: str, weights_mean: Seq[float], weights_std: Seq[float]) -
     raise ValueError(f"unknown normalisation {norm!r}; choose one of {', '.join(NORM_MODES)}")
 
 
-def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip and a small affine jitter, drawn per image.
+def augment_draws(b: int, generator: torch.Generator) -> torch.Tensor:
+    """The random numbers of one batch's augmentation, (B, 5): column 0 < 0.5 flips the image
+    (`flipped`), the rest are its jitter. Drawn once, so the landmarks' geometry can be mirrored
+    exactly where the image is."""
+    return torch.rand(b, 5, generator=generator)
+
+
+def flipped(draws: torch.Tensor) -> torch.Tensor:
+    """Which images of a batch `augment_batch` mirrors, from its draws: (B,) bool."""
+    return draws[:, 0] < 0.5
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator | None = None,
+                  draws: torch.Tensor | None = None) -> torch.Tensor:
+    """Random horizontal flip and a small affine jitter, drawn per image (or given: `draws`).
 
     Works on float images in [0, 255] of shape (B, C, H, W) on any device. The random
     numbers come from a CPU generator so a seed gives the same batch on CPU and CUDA.
     Flipping keeps the labels: the 10 AUs are coded without a side.
     """
     b = images.shape[0]
-    rand = torch.rand(b, 5, generator=generator)
-    flip = torch.where(rand[:, 0] < 0.5, -1.0, 1.0)
+    rand = augment_draws(b, generator) if draws is None else draws
+    flip = torch.where(flipped(rand), -1.0, 1.0)
     angle = (rand[:, 1] - 0.5) * math.radians(16)  # +-8 degrees
     scale = 1.0 + (rand[:, 2] - 0.5) * 0.10  # +-5 %
     shift = (rand[:, 3:5] - 0.5) * 0.08  # +-4 % of the side, in [-1, 1] units
@@ -125,18 +175,20 @@ def prepare_batch(
     *,
     augment: bool = False,
     generator: torch.Generator | None = None,
+    draws: torch.Tensor | None = None,
     channels_last: bool = False,
 ) -> torch.Tensor:
     """uint8 crops (B, 1 or 3, H, W) -> normalised float (B, 3, H, W) on the same device.
 
     Gray becomes three channels by broadcasting against the per-channel mean/std, which
-    folds the copy, the /255 and the normalisation into one fused multiply-add.
+    folds the copy, the /255 and the normalisation into one fused multiply-add. `draws`: the
+    augmentation's random numbers, drawn already (`augment_draws`), instead of from `generator`.
     """
     x = images.float()
     if augment:
-        if generator is None:
+        if generator is None and draws is None:
             raise ValueError("augment=True needs a generator")
-        x = augment_batch(x, generator)
+        x = augment_batch(x, generator, draws)
     mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     scale = 1.0 / (255.0 * std_t)

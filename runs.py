@@ -49,11 +49,13 @@ RUN_SETTINGS = (
     "model", "aus", "min_count", "crop", "margin", "image_size", "norm", "augment", "weights",
     "freeze_backbone", "epochs", "step", "gamma", "start_epoch", "batch_size", "lr", "backbone_lr", "loss",
     "momentum", "wd", "pos_weight", "threshold", "kfold", "split", "seed", "amp", "skip_bad", "final", "frames",
-    "tta",
+    "tta", "geometry", "crop_fill",
 )
 # What a run saved before these settings existed was trained with: the summed loss, one
-# learning rate, peak frames only, no test-time augmentation.
-LEGACY_SETTINGS = {"loss": "sum", "backbone_lr": 1.0, "frames": 1, "tta": "none"}
+# learning rate, peak frames only, no test-time augmentation, no landmark geometry, square crops
+# padded black past the frame.
+LEGACY_SETTINGS = {"loss": "sum", "backbone_lr": 1.0, "frames": 1, "tta": "none", "geometry": False,
+                   "crop_fill": "black"}
 
 
 def run_settings(args: argparse.Namespace) -> dict:
@@ -271,10 +273,11 @@ class StartingWeights:
     def none(cls) -> StartingWeights:
         return cls()
 
-    def build(self, arch: str, num_aus: int, freeze_backbone: bool) -> models.AUNet:
-        """A model of `arch` whose backbone starts from these weights, with a fresh AU head."""
+    def build(self, arch: str, num_aus: int, freeze_backbone: bool, geometry: bool = False) -> models.AUNet:
+        """A model of `arch` whose backbone starts from these weights, with a fresh AU head (and
+        with `geometry`, a fresh landmark branch)."""
         return models.build_model(arch, num_aus, pretrained=self.name is not None, weights=self.name or "DEFAULT",
-                                  freeze_backbone=freeze_backbone, backbone_state=self.state)
+                                  freeze_backbone=freeze_backbone, backbone_state=self.state, geometry=geometry)
 
 
 def is_weights_name(value: str) -> bool:
@@ -374,7 +377,8 @@ def build_trained_model(ckpt: dict, path: Path) -> models.AUNet:
         backbone = load_checkpoint(backbone_path, required=("backbone", "arch"))["backbone"]
     try:
         model = models.build_model(ckpt["arch"], len(ckpt["aus"]), pretrained=False,
-                                   freeze_backbone=bool(ckpt.get("frozen_backbone")), backbone_state=backbone)
+                                   freeze_backbone=bool(ckpt.get("frozen_backbone")), backbone_state=backbone,
+                                   geometry=bool(saved_settings(ckpt.get("args", {}))["geometry"]))
     except UserError as e:
         raise UserError(f"checkpoint {path}: {e}") from None
     load_model_state(model, ckpt, path)
@@ -572,7 +576,7 @@ def write_results(out_dir: Path, args: argparse.Namespace, aus: list[int], parts
         "protocol": protocol(args, covers),
         "pretrained": args.weights.lower() != "none", "weights": describe_weights(args),
         "freeze_backbone": args.freeze_backbone, "epochs": args.epochs, "loss": args.loss, "frames": args.frames,
-        "tta": args.tta,
+        "tta": args.tta, "geometry": args.geometry, "crop_fill": args.crop_fill,
         "image_size": args.image_size, "crop": args.crop, "sequences": len(ids), **scores,
     }
     out_dir.mkdir(parents=True, exist_ok=True)

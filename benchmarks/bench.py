@@ -323,7 +323,7 @@ def bench_finetune(data: dataset.CKPlusDataset, args, device: torch.device, work
     idx = torch.arange(n)
     # The loop shuffles with its generator; the bare steps see the same batches in the same order.
     order = idx[torch.randperm(n, generator=engine.epoch_generator(args.seed, 0, 0))]
-    batches = [(inputs.batch(chunk, device, None, train=True), inputs.labels[chunk].to(device))
+    batches = [(inputs.batch(chunk, device, None, train=True)[0], inputs.labels[chunk].to(device))
                for chunk in order.split(args.batch_size) if not (len(chunk) == 1 and n > 1)]
 
     def loop() -> float:

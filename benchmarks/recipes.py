@@ -15,7 +15,17 @@ folds, the same learning rate, batch, augmentation and positive weights for ever
 - new + `--frames 3 --tta flip`: and scoring each test face with its mirror image. TTA changes
   only how the test faces are scored, so when the `--frames 3` row ran, this row is its
   checkpoints scored again (`python main.py -e --resume RUN --tta flip`), not a second training;
-  its wall time is the scoring's, and its losses are that run's.
+  its wall time is the scoring's, and its losses are that run's;
+- new + `--geometry`: the landmarks' normalised shape beside the pixels (on synthetic faces,
+  drawn from those landmarks, geometry is the generator's own signal: this proves mechanics only);
+- bare loop: an anchor that holds none of this program's machinery -- `bare_loop` below, in this
+  file: torchvision's mobilenet_v2 with its last Linear replaced by one output per AU, the whole
+  frame resized bilinearly to the input size (no landmark crop), ImageNet mean/std, the mean
+  BCEWithLogitsLoss with pos_weight from the training fold, SGD at --lr for every parameter
+  (momentum 0.9, weight decay 1e-4), StepLR(--step, --gamma), one horizontal-flip decision per
+  batch; the same tree, the same folds (engine.make_folds on the same subjects), the same weights;
+- bare loop + 3 frames + flip TTA: the same loop on the last 3 frames of each training sequence,
+  each test face scored with its mirror image (its figures without TTA are in the JSON).
 
 It prints macro F1 and macro ROC AUC of the pooled out-of-fold predictions, the wall time of
 each run, and whether each fold's training loss rose from epoch 1 to epoch 2 (metrics.csv):
@@ -42,6 +52,8 @@ if str(REPO) not in sys.path:
 
 import ckplus  # noqa: E402
 import dataset  # noqa: E402
+import engine  # noqa: E402
+import metrics  # noqa: E402
 import synthetic  # noqa: E402
 import utils  # noqa: E402
 
@@ -53,7 +65,12 @@ ROWS = {
     "new": ("new defaults (mean loss)", []),
     "frames": ("new + 3 frames", ["--frames", "3"]),
     "frames-tta": ("new + 3 frames + flip TTA", ["--frames", "3", "--tta", "flip"]),
+    "geometry": ("new + landmark geometry", ["--geometry"]),
+    "bare": ("bare loop (whole frame)", []),
+    "bare-frames-tta": ("bare loop + 3 frames + flip TTA", []),
 }
+# The rows run by `bare_loop` (not main.py): name -> (frames per training sequence, TTA)
+BARE = {"bare": (1, "none"), "bare-frames-tta": (3, "flip")}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -65,6 +82,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="IMAGENET1K_V1", metavar="NAME|FILE", help="main.py --weights")
     p.add_argument("--epochs", type=int, default=6, metavar="N", help="epochs per fold")
     p.add_argument("--step", type=int, default=2, metavar="N", help="main.py --step")
+    p.add_argument("--gamma", type=float, default=0.5, metavar="F", help="main.py --gamma (its default)")
     p.add_argument("--kfold", type=int, default=3, metavar="K", help="subject-independent folds")
     p.add_argument("--image-size", type=int, default=128, metavar="PX", help="model input size")
     p.add_argument("-b", "--batch-size", type=int, default=16, metavar="N", help="mini-batch size")
@@ -100,7 +118,7 @@ def prepare_tree(args: argparse.Namespace) -> list[str]:
 
 def common_flags(args: argparse.Namespace) -> list[str]:
     return ["--model", MODEL, "--weights", args.weights, "--split", "subject", "--kfold", str(args.kfold),
-            "--epochs", str(args.epochs), "--step", str(args.step), "-b", str(args.batch_size), "--lr", str(args.lr),
+            "--epochs", str(args.epochs), "--step", str(args.step), "--gamma", str(args.gamma), "-b", str(args.batch_size), "--lr", str(args.lr),
             "--image-size", str(args.image_size), "--pos-weight", "--augment"]
 
 
@@ -126,8 +144,13 @@ def main_py(argv: list[str]) -> tuple[float, str | None]:
 
 
 def run_row(name: str, dirs: list[str], args: argparse.Namespace, work: Path, done: dict) -> dict:
-    """One main.py run -> its figures, or why it failed. `done`: the rows already run (by name)."""
+    """One main.py run (or the bare loop) -> its figures, or why it failed. `done`: the rows already run."""
     what, flags = ROWS[name]
+    if name in BARE:
+        log(f"{what}: the benchmark's own loop")
+        row = {"name": name, "what": what, "flags": "", **bare_loop(dirs, args, *BARE[name])}
+        log(f"{what}: macro F1 {row['macro_f1']:.3f}, AUC {row['macro_auc']:.3f}, {row['wall_s']:.0f}s")
+        return row
     run_dir = work / f"run-{name}"
     shutil.rmtree(run_dir, ignore_errors=True)
     source, e_flags = SCORED.get(name, (None, None))
@@ -155,6 +178,97 @@ def run_row(name: str, dirs: list[str], args: argparse.Namespace, work: Path, do
     return row
 
 
+# ----------------------------------------------------------------------------- the bare loop
+
+
+def _whole_frame(path: Path, size: int):
+    """A frame, gray, the whole of it resized (Pillow's bilinear) to size x size -> uint8 array."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("L").resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def bare_loop(dirs: list[str], args: argparse.Namespace, frames: int, tta: str) -> dict:
+    """The anchor: a minimal fine-tuning loop on the same sequences and folds as main.py's rows,
+    with none of main.py's data pipeline -> the row's figures (pooled out-of-fold, metrics.py)."""
+    import numpy as np
+    import torch
+    import torchvision
+    from torch import nn
+
+    t0 = time.perf_counter()
+    records = dataset.index_ckplus(*dirs, frames=frames)
+    aus = dataset.select_aus(records)
+    labels = torch.from_numpy(dataset.encode_labels(records, aus))
+    folds = engine.make_folds([r.subject for r in records], args.kfold, "subject")  # main.py's folds
+    rows = [(i, r.image_path) for i, r in enumerate(records)] + [(i, f.image_path) for i, r in enumerate(records)
+                                                                 for f in r.earlier]
+    owner = torch.tensor([i for i, _ in rows])
+    pixels = torch.from_numpy(np.stack([_whole_frame(p, args.image_size) for _, p in rows])).unsqueeze(1)
+    weights = torchvision.models.get_model_weights("mobilenet_v2")[args.weights]
+    mean = torch.tensor(weights.transforms().mean).view(1, 3, 1, 1)
+    std = torch.tensor(weights.transforms().std).view(1, 3, 1, 1)
+
+    def inputs(idx: torch.Tensor) -> torch.Tensor:
+        return (pixels[idx].float().div(255).expand(-1, 3, -1, -1) - mean) / std
+
+    probs = np.zeros(labels.shape, dtype=np.float64)
+    plain = probs.copy()  # without TTA
+    losses = []
+    for k, test in enumerate(folds):
+        test_set = set(test.tolist())
+        train_rows = torch.tensor([j for j, (i, _) in enumerate(rows) if i not in test_set])
+        torch.manual_seed(k)
+        model = torchvision.models.mobilenet_v2(weights=weights)
+        model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, len(aus))
+        y_train = labels[owner[train_rows]]
+        pos = y_train.sum(0)
+        pos_weight = torch.where(pos > 0, (len(y_train) - pos) / pos.clamp(min=1), torch.ones_like(pos))
+        criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.step, gamma=args.gamma)
+        generator = torch.Generator().manual_seed(k)
+        fold_losses = []
+        for _ in range(args.epochs):
+            model.train()
+            total, count = 0.0, 0
+            order = train_rows[torch.randperm(len(train_rows), generator=generator)]
+            for idx in order.split(args.batch_size):
+                if len(idx) == 1:
+                    continue  # BatchNorm cannot train on one image
+                x = inputs(idx)
+                if torch.rand(1, generator=generator).item() < 0.5:  # one flip decision per batch
+                    x = x.flip(-1)
+                loss = criterion(model(x), labels[owner[idx]])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total, count = total + loss.item() * len(idx), count + len(idx)
+            scheduler.step()
+            fold_losses.append(total / max(count, 1))
+        losses.append(fold_losses)
+        model.eval()
+        with torch.no_grad():
+            for part in torch.as_tensor(test).split(64):
+                x = inputs(part)
+                p = torch.sigmoid(model(x))
+                plain[part.numpy()] = p.numpy()
+                if tta == "flip":
+                    p = (p + torch.sigmoid(model(x.flip(-1)))) / 2
+                probs[part.numpy()] = p.numpy()
+    scores = metrics.compute_metrics(labels.numpy(), probs, aus, 0.5)
+    row = {"wall_s": round(time.perf_counter() - t0, 1), "macro_f1": scores["macro"]["f1"],
+           "macro_auc": scores["macro"]["auc"], "sequences": len(records), "fold_losses": losses,
+           "loss_rose": [len(f) > 1 and f[1] > f[0] for f in losses], "training_images": len(rows),
+           "per_au_f1": {f"AU{au}": scores["per_au"][f"AU{au}"]["f1"] for au in aus}}
+    if tta != "none":
+        without = metrics.compute_metrics(labels.numpy(), plain, aus, 0.5)["macro"]
+        row["without_tta"] = {"macro_f1": without["f1"], "macro_auc": without["auc"]}
+    return row
+
+
 def fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -171,7 +285,7 @@ def format_table(report: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
-        flags = f"`{row['flags']}`" if row["flags"] else "(defaults)"
+        flags = f"`{row['flags']}`" if row["flags"] else "(its own loop)" if row["name"] in BARE else "(defaults)"
         if "error" in row:
             lines.append(f"| {row['what']} | {flags} | failed: {row['error']} | | {row['wall_s']:.0f} s | |")
             continue
@@ -180,6 +294,16 @@ def format_table(report: dict) -> str:
         wall = f"{row['wall_s']:.0f} s" + (f" (scoring the {row['scored_from']} run)" if "scored_from" in row else "")
         lines.append(f"| {row['what']} | {flags} | {fmt(row['macro_f1'])} | {fmt(row['macro_auc'])} | "
                      f"{wall} | {trend} |")
+    by_name = {row["name"]: row for row in report["rows"] if "error" not in row}
+    for recipe, anchor in (("new", "bare"), ("frames-tta", "bare-frames-tta")):
+        if recipe in by_name and anchor in by_name:
+            a, b = by_name[recipe], by_name[anchor]
+            verdict = "no worse than" if a["macro_f1"] >= b["macro_f1"] else "WORSE than"
+            lines.append(f"\n{a['what']}: macro F1 {fmt(a['macro_f1'])} / AUC {fmt(a['macro_auc'])}, {verdict} "
+                         f"the {b['what']} ({fmt(b['macro_f1'])} / {fmt(b['macro_auc'])})")
+    if "without_tta" in by_name.get("bare-frames-tta", {}):
+        w = by_name["bare-frames-tta"]["without_tta"]
+        lines.append(f"bare loop + 3 frames without TTA: macro F1 {fmt(w['macro_f1'])} / AUC {fmt(w['macro_auc'])}")
     return "\n".join(lines)
 
 

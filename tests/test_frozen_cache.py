@@ -79,3 +79,17 @@ def test_feature_cache_matches_recompute_and_skips_backbone(ck, tmp_path, backbo
         expected += EPOCHS * (train - (train % BATCH == 1)) + test
     assert recompute["images"] == expected
     assert recompute["images"] > EPOCHS * cached["images"] * (KFOLD - 1) / KFOLD
+
+
+def test_geometry_on_a_frozen_backbone_cached_equals_recomputed(ck, tmp_path):
+    """--geometry with --freeze-backbone: the landmarks' geometry is cached beside the features,
+    and the run predicts what the per-batch backbone predicts."""
+    flags = ["--model", "squeezenet1_1", "--no-pretrained", "--freeze-backbone", "--geometry", "--image-size", "64",
+             "-j", "0", "--quiet", "--epochs", "2", "--kfold", "2", "-b", str(BATCH), "--tta", "flip"]
+    for name, extra in (("cached", []), ("recompute", ["--no-feature-cache"])):
+        assert main.cli([*ck.dirs, *flags, "--output-dir", str(tmp_path / name), *extra]) == 0
+    _, _, _, _, _, cached = metrics.read_predictions(tmp_path / "cached" / "predictions.csv")
+    _, _, _, _, _, recompute = metrics.read_predictions(tmp_path / "recompute" / "predictions.csv")
+    np.testing.assert_allclose(cached, recompute, rtol=0, atol=1e-4)
+    assert cached.std() > 1e-3
+    assert json.loads((tmp_path / "cached" / "results.json").read_text())["geometry"] is True

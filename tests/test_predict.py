@@ -275,11 +275,11 @@ def test_photos_are_batched_across_files_and_each_files_rows_written_as_they_com
     sizes = []
     real = ensemble.Ensemble.__call__
 
-    def dies_at_the_third_batch(self, crops):
+    def dies_at_the_third_batch(self, crops, *more):
         sizes.append(len(crops))
         if len(sizes) == 3:
             raise RuntimeError("killed")
-        return real(self, crops)
+        return real(self, crops, *more)
 
     monkeypatch.setattr(ensemble.Ensemble, "__call__", dies_at_the_third_batch)
     args = predict.get_args_parser().parse_args([str(a) for a in (final_run.dir, *photos, *lmk, "-b", "2",
@@ -501,7 +501,7 @@ def test_every_nth_frame_and_batches_give_the_same_rows(final_run, clip, pixels_
     sizes = []
     real = ensemble.Ensemble.__call__
     monkeypatch.setattr(ensemble.Ensemble, "__call__",
-                        lambda self, crops: sizes.append(len(crops)) or real(self, crops))
+                        lambda self, crops, *more: sizes.append(len(crops)) or real(self, crops, *more))
     rc, out, _ = call(capsys, final_run.dir, clip.path, "--every", "3", "-b", "2", "--out", tmp_path / "3.csv")
     rows = read_rows(tmp_path / "3.csv")
     kept = list(range(0, len(clip.order), 3))

@@ -15,12 +15,13 @@ def test_recipes_benchmark_reports_every_row(imagenet_mobilenet, tmp_path):
     out = tmp_path / "recipes.json"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "recipes.py"), *TINY, "--workdir",
                            str(tmp_path / "work"), "--cache-dir", str(tmp_path / "cache"), "--json", str(out)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     rows = {row["name"]: row for row in report["rows"]}
-    assert list(rows) == ["old", "new", "frames", "frames-tta"]
+    assert list(rows) == ["old", "new", "frames", "frames-tta", "geometry", "bare", "bare-frames-tta"]
     assert rows["old"]["flags"] == "--loss sum" and rows["frames-tta"]["flags"] == "--frames 3 --tta flip"
+    assert rows["geometry"]["flags"] == "--geometry"
     for row in rows.values():
         assert "error" not in row, row
         assert math.isfinite(row["macro_f1"]) and math.isfinite(row["macro_auc"]) and row["wall_s"] > 0
@@ -36,3 +37,12 @@ def test_recipes_benchmark_reports_every_row(imagenet_mobilenet, tmp_path):
     assert not list((tmp_path / "work" / "run-frames-tta").rglob("checkpoint.pth"))  # no second training
     assert "(scoring the frames run)" in proc.stdout
     assert "--weights IMAGENET1K_V1" in proc.stdout and "--pos-weight --augment" in proc.stdout
+    # the bare loop: the benchmark's own, on the same sequences; 3 frames train on more images, scored
+    # on the peaks with and without TTA; the verdicts against the recipe rows are printed
+    assert rows["bare"]["flags"] == "" and "(its own loop)" in proc.stdout
+    assert rows["bare"]["training_images"] == rows["bare"]["sequences"] < rows["bare-frames-tta"]["training_images"]
+    without = rows["bare-frames-tta"]["without_tta"]
+    assert math.isfinite(without["macro_f1"]) and math.isfinite(without["macro_auc"])
+    assert f"the bare loop (whole frame) ({rows['bare']['macro_f1']:.3f} / {rows['bare']['macro_auc']:.3f})" \
+        in proc.stdout
+    assert "the bare loop + 3 frames + flip TTA (" in proc.stdout
