@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 import dataset
+import intervals
 import metrics
 import models
 import utils
@@ -49,11 +50,15 @@ RUN_SETTINGS = (
     "model", "aus", "min_count", "crop", "margin", "image_size", "norm", "augment", "weights",
     "freeze_backbone", "epochs", "step", "gamma", "start_epoch", "batch_size", "lr", "backbone_lr", "loss",
     "momentum", "wd", "pos_weight", "threshold", "kfold", "split", "seed", "amp", "skip_bad", "final", "frames",
-    "tta",
+    "tta", "bootstrap",
 )
+# Settings that only say how a run is scored: a resumed or re-evaluated run may change them.
+SCORING_SETTINGS = ("bootstrap",)
 # What a run saved before these settings existed was trained with: the summed loss, one
-# learning rate, peak frames only, no test-time augmentation.
-LEGACY_SETTINGS = {"loss": "sum", "backbone_lr": 1.0, "frames": 1, "tta": "none"}
+# learning rate, peak frames only, no test-time augmentation; it is scored with today's default
+# bootstrap.
+LEGACY_SETTINGS = {"loss": "sum", "backbone_lr": 1.0, "frames": 1, "tta": "none",
+                   "bootstrap": intervals.DEFAULT_RESAMPLES}
 
 
 def run_settings(args: argparse.Namespace) -> dict:
@@ -425,7 +430,8 @@ def check_run_dir(run_dir: Path, args: argparse.Namespace) -> None:
     if run_dir.is_dir() and any(run_dir.iterdir()):
         if args.fold is not None and saved.is_file():
             theirs = saved_settings(read_args_json(saved))
-            if {k: theirs.get(k) for k in RUN_SETTINGS} == run_settings(args):
+            trained = [k for k in RUN_SETTINGS if k not in SCORING_SETTINGS]
+            if {k: theirs.get(k) for k in trained} == {k: getattr(args, k) for k in trained}:
                 if (run_dir / f"fold{args.fold}").exists():
                     raise UserError(f"{run_dir / f'fold{args.fold}'} exists: continue it with --resume {run_dir} "
                                     f"--fold {args.fold}")
@@ -572,6 +578,9 @@ def write_results(out_dir: Path, args: argparse.Namespace, aus: list[int], parts
     targets = np.concatenate([np.asarray(part[3]) for part in parts])
     probs = np.concatenate([np.asarray(part[4]) for part in parts])
     scores = metrics.compute_metrics(targets, probs, aus, args.threshold)
+    resampling = bootstrap(args, ids, subjects)
+    if resampling is not None:
+        intervals.add_intervals(scores, resampling, targets, probs, aus, args.threshold)
     covers = sorted({int(k) for k in folds if k is not None})
     results = {
         "model": args.model, "aus": list(aus), "split": args.split, "kfold": args.kfold, "folds": covers,
@@ -579,7 +588,8 @@ def write_results(out_dir: Path, args: argparse.Namespace, aus: list[int], parts
         "pretrained": args.weights.lower() != "none", "weights": describe_weights(args),
         "freeze_backbone": args.freeze_backbone, "epochs": args.epochs, "loss": args.loss, "frames": args.frames,
         "tta": args.tta,
-        "image_size": args.image_size, "crop": args.crop, "sequences": len(ids), **scores,
+        "image_size": args.image_size, "crop": args.crop, "sequences": len(ids),
+        "bootstrap": None if resampling is None else resampling.record(), **scores,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics.write_results(out_dir, results)
@@ -587,6 +597,16 @@ def write_results(out_dir: Path, args: argparse.Namespace, aus: list[int], parts
     metrics.plot_f1(results, out_dir / "f1.png")
     metrics.plot_confusion(targets, probs, aus, args.threshold, out_dir / "confusion.png")
     return results
+
+
+def bootstrap(args: argparse.Namespace, ids: Sequence[str], subjects: Sequence[str]) -> intervals.Resampling | None:
+    """The run's --bootstrap resamples, seeded from --seed: over subjects, or over sequences under
+    --split sequence (whose folds do not keep a subject's sequences together either); None with 0."""
+    n = getattr(args, "bootstrap", intervals.DEFAULT_RESAMPLES)
+    if not n:
+        return None
+    by_sequence = args.split == "sequence"
+    return intervals.draw(ids if by_sequence else subjects, n, args.seed, "sequence" if by_sequence else "subject")
 
 
 def read_fold_predictions(fold_dir: Path, aus: list[int]) -> tuple:
@@ -643,3 +663,8 @@ def refuse_changed_settings(args: argparse.Namespace, saved: dict, source: Path,
         listed = ", ".join(f"{describe_flag(k, getattr(args, k))} (run: {theirs(k)})" for k in changed)
         raise UserError(f"{what} keeps the settings in {source}; these flags disagree with it: {listed}: "
                         f"drop them, or start a new run with another --output-dir")
+
+
+def typed_scoring(typed: set[str]) -> tuple[str, ...]:
+    """The scoring settings the user typed on --resume or -e: they win over the run's args.json."""
+    return tuple(k for k in SCORING_SETTINGS if k in typed)
