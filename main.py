@@ -245,7 +245,7 @@ def train(args: argparse.Namespace) -> dict | None:
         resume_dir, fold_from_ckpt = runs.locate_run(Path(args.resume))
         source = resume_dir / "args.json"
         saved = runs.read_args_json(source)
-        runs.refuse_changed_settings(args, saved, source, f"--resume {args.resume}", typed(args), allowed=("epochs", *runs.SCORING_SETTINGS))
+        runs.refuse_changed_settings(args, saved, source, f"--resume {args.resume}", typed(args), allowed=("epochs",))
         if args.output_dir and Path(args.output_dir).resolve() != resume_dir.resolve():
             raise UserError(f"--output-dir {args.output_dir}: --resume continues {resume_dir} in place; "
                             f"drop --output-dir, or start a new run there without --resume")
@@ -298,7 +298,7 @@ def evaluate_run(args: argparse.Namespace) -> dict:
     source = run_dir / "args.json"
     # -e --tta may differ from the run's: a question asked of its checkpoints, not a contradiction
     saved = runs.read_args_json(source)
-    runs.refuse_changed_settings(args, saved, source, "-e --resume", typed(args), allowed=("tta", *runs.SCORING_SETTINGS))
+    runs.refuse_changed_settings(args, saved, source, "-e --resume", typed(args), allowed=("tta",))
     if args.fold is not None:  # -e --resume RUN --fold K: that fold's checkpoint
         if path.is_file() and fold_from_ckpt != args.fold:
             raise UserError(f"--fold {args.fold}: {path} is the checkpoint of "

@@ -50,9 +50,10 @@ RUN_SETTINGS = (
     "model", "aus", "min_count", "crop", "margin", "image_size", "norm", "augment", "weights",
     "freeze_backbone", "epochs", "step", "gamma", "start_epoch", "batch_size", "lr", "backbone_lr", "loss",
     "momentum", "wd", "pos_weight", "threshold", "kfold", "split", "seed", "amp", "skip_bad", "final", "frames",
-    "tta", "bootstrap",
+    "tta",
 )
-# Settings that only say how a run is scored: a resumed or re-evaluated run may change them.
+# Settings that only say how a run is scored: saved in args.json too, so -e scores a run as it was
+# scored, but a resumed or re-evaluated run may be given others.
 SCORING_SETTINGS = ("bootstrap",)
 # What a run saved before these settings existed was trained with: the summed loss, one
 # learning rate, peak frames only, no test-time augmentation; it is scored with today's default
@@ -430,8 +431,7 @@ def check_run_dir(run_dir: Path, args: argparse.Namespace) -> None:
     if run_dir.is_dir() and any(run_dir.iterdir()):
         if args.fold is not None and saved.is_file():
             theirs = saved_settings(read_args_json(saved))
-            trained = [k for k in RUN_SETTINGS if k not in SCORING_SETTINGS]
-            if {k: theirs.get(k) for k in trained} == {k: getattr(args, k) for k in trained}:
+            if {k: theirs.get(k) for k in RUN_SETTINGS} == run_settings(args):
                 if (run_dir / f"fold{args.fold}").exists():
                     raise UserError(f"{run_dir / f'fold{args.fold}'} exists: continue it with --resume {run_dir} "
                                     f"--fold {args.fold}")
@@ -451,7 +451,8 @@ def open_run_dir(run_dir: Path, args: argparse.Namespace) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the run folder {run_dir} ({e.strerror}): choose another --output-dir")
-    utils.write_json(saved, {**run_settings(args), "data_dir": args.data_dir, "label_dir": args.label_dir,
+    scoring = {k: getattr(args, k) for k in SCORING_SETTINGS}
+    utils.write_json(saved, {**run_settings(args), **scoring, "data_dir": args.data_dir, "label_dir": args.label_dir,
                              "landmark_dir": args.landmark_dir, "command": command_line()})
 
 
@@ -486,7 +487,7 @@ def adopt_saved_settings(args: argparse.Namespace, saved: dict, keep: Sequence[s
     disagree are refused before this (`changed_settings`)."""
     saved = saved_settings(saved)
     for key, value in saved.items():
-        if key in RUN_SETTINGS and key not in keep:
+        if (key in RUN_SETTINGS or key in SCORING_SETTINGS) and key not in keep:
             setattr(args, key, value)
     for role in ("data_dir", "label_dir", "landmark_dir"):
         setattr(args, role, getattr(args, role) or saved.get(role))

@@ -152,3 +152,18 @@ def test_the_benchmark_prints_the_bootstrap_time():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "60 sequences x 10 AUs, 12 subjects, 50 resamples:" in proc.stdout and " s " in proc.stdout
+
+
+def test_bootstrap_is_a_scoring_setting_that_e_may_change(fast_run, tmp_path):
+    """--bootstrap is saved in args.json (so -e scores a run as it was scored) but, unlike a training
+    setting, -e may be given another: 0 scores the run without intervals."""
+    import main
+
+    assert json.loads((fast_run / "args.json").read_text())["bootstrap"] == 2000
+    out = tmp_path / "no-intervals"
+    assert main.cli(["-e", "--resume", str(fast_run), "--bootstrap", "0", "--output-dir", str(out), "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    first = json.loads((fast_run / "results.json").read_text())
+    assert results["bootstrap"] is None and "ci" not in results["macro"]
+    assert results["macro"]["f1"] == first["macro"]["f1"]
+    assert "f1_low" not in (out / "results.csv").read_text().splitlines()[0]
