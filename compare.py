@@ -2,6 +2,12 @@
 
     python compare.py runs/res18-a runs/res18-b                 # F1 per AU and its macro average, a row per run
     python compare.py runs/* --metric auc --out comparison-auc  # ROC AUC instead
+    python compare.py runs/a runs/b --baseline runs/b           # differences from runs/b
+
+Runs scored on the same sequences (the same ids in their predictions.csv) get their macro F1 and
+AUC differences from the baseline (the first run, or --baseline), each with a paired bootstrap
+interval: every resample draws the same subjects for both runs. A difference whose interval
+excludes 0 is marked *. Runs on other sequences get a warning and no difference.
 
 Each row is named by its model and the flags that differ between the runs, so two runs that differ
 only in --lr read `res18 (--lr 0.001)` and `res18 (--lr 0.01)`. Runs whose protocols differ (folds,
@@ -26,6 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+import intervals
 import metrics
 import utils
 from utils import UserError
@@ -36,7 +43,8 @@ METRIC_LABELS = {"f1": "F1", "auc": "ROC AUC", "precision": "precision", "recall
 # args.json keys that say where a run's files were or how it was started, not how it was trained:
 # they never name a row. Any other key (including ones added later) names a row when it differs.
 NOT_SETTINGS = frozenset({"model", "data_dir", "label_dir", "landmark_dir", "command", "resume", "output_dir",
-                          "cache_dir", "fold", "workers", "device", "quiet", "evaluate"})
+                          "cache_dir", "fold", "workers", "device", "quiet", "evaluate", "bootstrap", "seeds"})
+DIFFERENCE_KEYS = ("f1", "auc")
 DEFAULT_OUT = "comparison"
 
 
@@ -57,6 +65,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
                    help=f"folder to write compare.md, compare.csv and compare.png into, created if needed "
                         f"(default: {DEFAULT_OUT}, in the current directory)")
+    p.add_argument("--baseline", metavar="RUN_DIR", default=None,
+                   help="the run the others' macro F1 and AUC differences are taken from (default: the first run); "
+                        "added to the runs when not among them")
+    p.add_argument("--bootstrap", type=int, default=intervals.DEFAULT_RESAMPLES, metavar="N",
+                   help="resamples of the subjects for the paired 95%% intervals of the differences; 0: no differences")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the resamples")
     p.add_argument("--quiet", action="store_true", help="only warnings and errors")
     return p
 
@@ -135,6 +149,10 @@ def read_run(label: str) -> Run:
     if not path.is_dir():
         raise UserError(f"{label} is not a folder: give a run folder main.py created")
     has_args, has_results = (path / "args.json").is_file(), (path / "results.json").is_file()
+    if (path / "seeds.json").is_file():
+        names = ", ".join(str(p) for p in sorted(path.glob("seed[0-9]*")) if p.is_dir())
+        raise UserError(f"{label} is a --seeds run: its results.json is the spread across seeds; compare its seeds' "
+                        f"run folders instead ({names or label + '/seed0, ...'})")
     if not has_args and not has_results:
         raise UserError(f"{label} is not a run folder (no results.json or args.json): give a folder main.py created")
     if not has_results:
@@ -267,6 +285,10 @@ class Comparison:
     columns: list[str]  # AU names, then "Avg"
     values: list[list[float | None]]
     warnings: list[str]
+    # per run: its paired macro differences from the baseline, or None (the baseline, or not paired)
+    differences: list[dict[str, intervals.PairedDifference] | None] | None = None
+    baseline: int = 0
+    pairing: str | None = None  # how the differences' intervals were drawn
 
 
 def au_columns(runs: list[Run]) -> list[int]:
@@ -284,6 +306,75 @@ def compare(runs: list[Run], metric: str) -> Comparison:
     return Comparison(metric=metric, names=row_names(runs), folders=[run.label for run in runs],
                       columns=[*(utils.au_name(a) for a in aus), "Avg"], values=values,
                       warnings=protocol_warnings(runs))
+
+
+# ----------------------------------------------------------------------------- paired differences
+
+
+def read_pooled(run: Run) -> tuple[list[str], list[str], np.ndarray, np.ndarray] | None:
+    """A run's pooled predictions (ids, subjects, targets, probs), or None (with an info line) without them."""
+    path = run.path / "predictions.csv"
+    if not path.is_file():
+        log.info("%s has no predictions.csv: no paired difference for it", run.label)
+        return None
+    ids, subjects, _, aus, targets, probs = metrics.read_predictions(path)
+    if list(aus) != list(run.aus):
+        raise UserError(f"{path} holds AUs {aus}, but {run.path / 'results.json'} scores {run.aus}: "
+                        f"delete the results and resume the run to write them again")
+    return ids, subjects, targets, probs
+
+
+def pair_runs(runs: list[Run], baseline: int, n_resamples: int, seed: int
+              ) -> tuple[list[dict[str, intervals.PairedDifference] | None] | None, str | None, list[str]]:
+    """Each run's macro F1 and AUC minus the baseline's, with a paired bootstrap interval over the
+    baseline's subjects (its sequences under --split sequence), for the runs scored on the baseline's
+    sequences -> (differences per run or None, how they were drawn, warning lines)."""
+    if n_resamples == 0 or len(runs) < 2:
+        return None, None, []
+    base = read_pooled(runs[baseline])
+    if base is None:
+        return None, None, []
+    ids, subjects, targets, probs = base
+    by_sequence = runs[baseline].get("split") == "sequence"
+    resampling = intervals.draw(ids if by_sequence else subjects, n_resamples, seed,
+                                "sequence" if by_sequence else "subject")
+    position = {s: i for i, s in enumerate(ids)}
+    differences, warnings = [], []
+    for r, run in enumerate(runs):
+        pooled = None if r == baseline else read_pooled(run)
+        if pooled is None:
+            differences.append(None)
+            continue
+        if sorted(pooled[0]) != sorted(ids):
+            warnings.append(f"{run.label} was scored on other sequences than {runs[baseline].label} "
+                            f"({len(pooled[0])} against {len(ids)}, {len(set(pooled[0]) & set(ids))} shared): "
+                            f"not paired, no difference")
+            differences.append(None)
+            continue
+        order = np.array([position[s] for s in pooled[0]]).argsort()  # the other run's rows in the baseline's order
+        other = (pooled[2][order], pooled[3][order])
+        point = {k: (runs[baseline].results["macro"][k], run.results["macro"][k]) for k in DIFFERENCE_KEYS}
+        differences.append(intervals.paired_differences(
+            resampling, (targets, probs), other, runs[baseline].get("threshold") or 0.5,
+            run.get("threshold") or 0.5, point, DIFFERENCE_KEYS))
+    if all(d is None for d in differences):
+        return None, None, warnings
+    unit = resampling.unit
+    how = (f"Δ: macro difference from {runs[baseline].label}, with a {intervals.CONFIDENCE:.0%} paired percentile "
+           f"bootstrap interval over {unit}s ({resampling.resamples} resamples of {len(resampling.units)} {unit}s, "
+           f"seed {resampling.seed}, the same {unit}s for both runs); * where the interval excludes 0.")
+    return differences, how, warnings
+
+
+def baseline_index(runs: list[Run], baseline: str | None) -> tuple[list[Run], int]:
+    """The runs with --baseline among them (added first when it was not given as a run), and its row."""
+    if baseline is None:
+        return runs, 0
+    run = read_run(baseline)
+    for i, other in enumerate(runs):
+        if other.path.resolve() == run.path.resolve():
+            return runs, i
+    return [run, *runs], 0
 
 
 def caption(comparison: Comparison, runs: list[Run]) -> str:
@@ -308,22 +399,52 @@ def best_cells(comparison: Comparison) -> list[list[bool]]:
     return marks
 
 
+def format_difference(diff: intervals.PairedDifference | None, is_baseline: bool) -> str:
+    """`+0.012 [-0.008, +0.019]`, with * where the interval excludes 0."""
+    if is_baseline:
+        return "baseline"
+    if diff is None:
+        return "not paired"
+    if diff.difference is None:
+        return "n/a"
+    text = f"{diff.difference:+.3f}"
+    if diff.interval is None:
+        return f"{text} [n/a]"
+    return f"{text} [{diff.interval[0]:+.3f}, {diff.interval[1]:+.3f}]" + ("*" if diff.excludes_zero else "")
+
+
 def format_table(comparison: Comparison, bold: bool) -> str:
     marks = best_cells(comparison)
-    rows = [["Run", *comparison.columns]]
-    for name, values, row_marks in zip(comparison.names, comparison.values, marks):
+    paired = comparison.differences is not None
+    rows = [["Run", *comparison.columns, *(f"Δ {METRIC_LABELS[k]}" for k in DIFFERENCE_KEYS if paired)]]
+    for r, (name, values, row_marks) in enumerate(zip(comparison.names, comparison.values, marks)):
         cells = [metrics.format_value(v, 2) for v in values]
         if bold:
             cells = [f"**{cell}**" if mark else cell for cell, mark in zip(cells, row_marks)]
+        if paired:
+            diffs = comparison.differences[r]
+            cells += [format_difference(None if diffs is None else diffs[k], r == comparison.baseline)
+                      for k in DIFFERENCE_KEYS]
         rows.append([name.replace("|", "\\|"), *cells])
     return metrics.markdown_table(rows)
 
 
 def write_csv(comparison: Comparison, path: Path) -> Path:
     """A row per run, full precision; a value that does not exist is an empty field."""
-    rows = [[name, folder, comparison.metric, *("" if v is None else v for v in values)]
-            for name, folder, values in zip(comparison.names, comparison.folders, comparison.values)]
-    return utils.write_csv(path, ["run", "folder", "metric", *comparison.columns], rows)
+    header = ["run", "folder", "metric", *comparison.columns]
+    if comparison.differences is not None:
+        header += [f"diff_{k}{end}" for k in DIFFERENCE_KEYS for end in ("", "_low", "_high")]
+    rows = []
+    for r, (name, folder, values) in enumerate(zip(comparison.names, comparison.folders, comparison.values)):
+        row = [name, folder, comparison.metric, *("" if v is None else v for v in values)]
+        if comparison.differences is not None:
+            diffs = comparison.differences[r] or {}
+            for k in DIFFERENCE_KEYS:
+                d = diffs.get(k)
+                low, high = d.interval if d is not None and d.interval is not None else ("", "")
+                row += ["" if d is None or d.difference is None else d.difference, low, high]
+        rows.append(row)
+    return utils.write_csv(path, header, rows)
 
 
 def plot_comparison(comparison: Comparison, path: Path) -> Path:
@@ -371,12 +492,17 @@ def write_files(comparison: Comparison, text: str, out: Path) -> list[Path]:
 def main(args: argparse.Namespace) -> Comparison:
     """Read the runs, warn where their protocols differ, print the table and write its files."""
     utils.setup_logging(args.quiet)
-    runs = read_runs(args.runs)
+    if args.bootstrap < 0:
+        raise UserError("--bootstrap must be zero (no differences) or a number of resamples")
+    runs, baseline = baseline_index(read_runs(args.runs), args.baseline)
     comparison = compare(runs, args.metric)
     out = make_out_dir(Path(args.out))  # before anything is printed, so a bad --out is the only line
+    differences, how, pairing_warnings = pair_runs(runs, baseline, args.bootstrap, args.seed)
+    comparison.differences, comparison.baseline, comparison.pairing = differences, baseline, how
+    comparison.warnings += pairing_warnings
     for line in comparison.warnings:
         log.warning(line)
-    title = caption(comparison, runs)
+    title = caption(comparison, runs) + (f"\n{how}" if how else "")
     print(f"{title}\n\n{format_table(comparison, bold=False)}")
     paths = write_files(comparison, f"{title}\n\n{format_table(comparison, bold=True)}\n", out)
     log.info("written: %s", ", ".join(str(p) for p in paths))

@@ -61,6 +61,7 @@ def load_data(args: argparse.Namespace, training: bool = True) -> tuple[dataset.
                                    frames=frames)
     aus = dataset.select_aus(records, aus=None if args.aus is None else dataset.parse_au_list(args.aus),
                              min_count=args.min_count)
+    refuse_absent_aus(records, aus, args)
     data = dataset.CKPlusDataset(
         records, aus, size=args.image_size, crop=args.crop, margin=args.margin, fill=args.crop_fill,
         cache_dir=None if args.no_cache else args.cache_dir, workers=args.workers, skip_bad=args.skip_bad,
@@ -77,6 +78,29 @@ def load_data(args: argparse.Namespace, training: bool = True) -> tuple[dataset.
         log.info("--frames %d: %d training images, the last %d frames of each sequence (%d sequences have fewer)",
                  frames, len(data.row_sequence), frames, int((per_sequence < frames).sum()))
     return data, aus
+
+
+def refuse_absent_aus(records: list[dataset.Sequence], aus: list[int], args: argparse.Namespace) -> None:
+    """An AU that no sequence of the copy codes cannot be learnt or scored: a run on it would train on
+    all-negative labels and report nothing. Refused before any crop is made."""
+    counts = dataset.label_counts(records)
+    absent = [f"AU{a}" for a in aus if not counts.get(a)]
+    if absent:
+        chosen = f"--aus {args.aus}" if args.aus is not None else "the default AUs"
+        coded = ",".join(str(a) for a in counts)
+        raise UserError(f"{chosen}: no sequence in {args.label_dir} codes {', '.join(absent)}; choose among the "
+                        f"AUs it codes ({coded}), e.g. --aus {','.join(str(a) for a in aus if counts.get(a)) or coded}")
+
+
+def warn_missing_in_fold(k: int, labels: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,
+                         aus: list[int]) -> None:
+    """An AU that one fold's training or test part lacks still trains and is scored on the pooled
+    predictions, but that fold cannot learn it, or adds no positive of it: the log says so (an info
+    line, not a warning: small copies lack a rare AU in some fold as a rule, and --quiet stays quiet)."""
+    for part, idx in (("training", train_idx), ("test", test_idx)):
+        lacking = [f"AU{a}" for a, n in zip(aus, labels[idx].sum(0).tolist()) if n == 0]
+        if lacking:
+            log.info("fold %d: no %s sequence codes %s", k, part, ", ".join(lacking))
 
 
 def make_folds(subjects: list[str], kfold: int, split: str) -> list[np.ndarray]:
@@ -451,6 +475,7 @@ def train_folds(args: argparse.Namespace, run_dir: Path, data: dataset.CKPlusDat
             test_idx = folds[k]
             train_idx = np.setdiff1d(np.arange(len(data)), test_idx)
             log.info("fold %d/%d: %d train, %d test sequences", k, args.kfold, len(train_idx), len(test_idx))
+            warn_missing_in_fold(k, data.labels.numpy(), train_idx, test_idx, aus)
             probs = train_fold(k, train_idx, test_idx, data, inputs, aus, args, device, fold_dirs[k], clock,
                                backbone, start)
             trained[k] = ([data.ids[i] for i in test_idx], [data.subjects[i] for i in test_idx], [k] * len(test_idx),
@@ -495,3 +520,36 @@ def train_final(data, inputs: Inputs, aus: list[int], args, device: torch.device
     log.info("final model: training on all %d sequences", len(data))
     train_fold(args.kfold, np.arange(len(data)), np.array([], dtype=int), data, inputs, aus, args, device,
                final_dir, clock, backbone, start)
+
+
+def evaluate_checkpoints(args: argparse.Namespace, fold_dirs: list[Path], checkpoint: Path | None,
+                         out_dir: Path) -> tuple[list[int], list[tuple]]:
+    """-e: each fold's checkpoint (or the one `checkpoint` given) on that fold's own test sequences;
+    each fold's predictions are written under `out_dir` -> (AUs, one (ids, subjects, folds,
+    targets, probs) per fold)."""
+    device = resolve_device(args.device)
+    data, aus = load_data(args, training=False)
+    inputs = make_inputs(data, args, device)
+    index = {seq_id: i for i, seq_id in enumerate(data.ids)}
+    parts = []
+    for fold_dir in fold_dirs:
+        ckpt_path = checkpoint or fold_dir / runs.CHECKPOINT
+        ckpt = runs.load_fold_checkpoint(ckpt_path, args, aus, None, None)
+        missing = [s for s in ckpt["test_ids"] if s not in index]
+        if missing:
+            raise UserError(f"checkpoint {ckpt_path} was tested on {missing[0]}, which is not in the data given: "
+                            f"point at the same CK+ copy")
+        test_idx = torch.tensor([index[s] for s in ckpt["test_ids"]], dtype=torch.long)
+        model = runs.build_trained_model(ckpt, ckpt_path).to(device)
+        probs = evaluate(model, inputs, test_idx, device, args.batch_size, args.amp, args.tta)
+        part = (ckpt["test_ids"], [data.subjects[i] for i in test_idx], [ckpt["fold"]] * len(test_idx),
+                data.labels[test_idx].numpy(), probs)
+        eval_dir = out_dir / fold_dir.name
+        eval_dir.mkdir(parents=True, exist_ok=True)
+        metrics.write_predictions(eval_dir / "predictions.csv", *part[:2], aus, *part[3:], fold=part[2])
+        parts.append(part)
+        log.info("%s: epoch %d checkpoint, %d test sequences", fold_dir.name, ckpt["epoch"] + 1, len(test_idx))
+        if ckpt["epoch"] + 1 < args.epochs:
+            log.warning("%s has trained %d of the run's %d epochs: these numbers are of an unfinished fold",
+                        fold_dir.name, ckpt["epoch"] + 1, args.epochs)
+    return aus, parts

@@ -18,15 +18,15 @@ import shlex
 import sys
 from pathlib import Path
 
-import torch
-
 import ckplus
 import dataset
 import engine
+import intervals
 import metrics
 import models
 import preprocess
 import runs
+import seeds
 import utils
 from utils import UserError
 
@@ -117,6 +117,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     o.add_argument("--pos-weight", action="store_true",
                    help="weight each AU's positives by negatives/positives of the training part of each fold")
     o.add_argument("--threshold", type=float, default=0.5, metavar="P", help="an AU is on when its probability is above P")
+    o.add_argument("--bootstrap", type=int, default=intervals.DEFAULT_RESAMPLES, metavar="N",
+                   help="95%% intervals of every result from N resamples of the subjects (of the sequences under "
+                        "--split sequence), seeded from --seed; 0: none. May change on --resume and -e")
 
     c = p.add_argument_group("cross-validation")
     c.add_argument("--kfold", type=int, default=10, metavar="K", help="number of folds")
@@ -141,6 +144,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="processes that decode and crop frames when the crop cache is cold (0: in this process) "
                         "(default: one per CPU core, at most 4)")
     r.add_argument("--seed", type=int, default=0, metavar="S", help="seed for weights, batch order and augmentation")
+    r.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="train the whole run N times, with seeds S, S+1, ..., into RUN/seed0/, RUN/seed1/, ..., and "
+                        "report each figure's mean and spread across them (--resume and -e take RUN)")
     r.add_argument("--device", default="auto", metavar="DEV", help="auto (CUDA when present), cpu, cuda or cuda:N")
     r.add_argument("--amp", action="store_true", help="mixed precision on CUDA (autocast + GradScaler)")
     r.add_argument("--quiet", action="store_true", help="only warnings and errors; no progress bars")
@@ -169,6 +175,7 @@ def check_args(args: argparse.Namespace) -> None:
         (args.margin >= 0, "--margin must be zero or positive"),
         (args.min_count is None or args.min_count >= 0, "--min-count must be zero or positive"),
         (args.workers >= 0, "--workers must be zero or positive"),
+        (args.bootstrap >= 0, "--bootstrap must be zero (no intervals) or a number of resamples"),
     ]
     for ok, message in checks:
         if not ok:
@@ -248,7 +255,7 @@ def train(args: argparse.Namespace) -> dict | None:
                             f"drop --fold, or resume {resume_dir} --fold {args.fold}")
         extend = "epochs" in typed(args) and args.epochs != saved.get("epochs")
         extended_from = saved.get("epochs") if extend else None
-        runs.adopt_saved_settings(args, saved, keep=("epochs",) if extend else ())
+        runs.adopt_saved_settings(args, saved, keep=runs.typed_scoring(typed(args)) + (("epochs",) if extend else ()))
         if fold_from_ckpt is not None:
             args.fold = fold_from_ckpt
     fill_defaults(args)
@@ -302,7 +309,7 @@ def evaluate_run(args: argparse.Namespace) -> dict:
             raise UserError(f"--fold {args.fold}: {path} does not exist: train that fold first "
                             f"(--resume {run_dir} --fold {args.fold})")
     asked_tta = args.tta
-    runs.adopt_saved_settings(args, saved)
+    runs.adopt_saved_settings(args, saved, keep=runs.typed_scoring(typed(args)))
     trained_tta = args.tta
     if asked_tta is not None and asked_tta != trained_tta:
         log.warning("evaluating with --tta %s; the run was trained and scored with --tta %s, so the figures will "
@@ -323,32 +330,8 @@ def evaluate_run(args: argparse.Namespace) -> dict:
         run_dir / "evaluate" if path.is_dir() else path.parent / "evaluate")
     if (out_dir / "args.json").is_file():
         raise UserError(f"--output-dir {out_dir} is a run folder: -e would overwrite its results; choose another")
-    device = engine.resolve_device(args.device)
-    data, aus = engine.load_data(args, training=False)
-    inputs = engine.make_inputs(data, args, device)
-    index = {seq_id: i for i, seq_id in enumerate(data.ids)}
     fold_dirs = [path.parent] if path.is_file() else [run_dir / f"fold{k}" for k in range(args.kfold)]
-    parts = []
-    for fold_dir in fold_dirs:
-        ckpt_path = path if path.is_file() else fold_dir / runs.CHECKPOINT
-        ckpt = runs.load_fold_checkpoint(ckpt_path, args, aus, None, None)
-        missing = [s for s in ckpt["test_ids"] if s not in index]
-        if missing:
-            raise UserError(f"checkpoint {ckpt_path} was tested on {missing[0]}, which is not in the data given: "
-                            f"point at the same CK+ copy")
-        test_idx = torch.tensor([index[s] for s in ckpt["test_ids"]], dtype=torch.long)
-        model = runs.build_trained_model(ckpt, ckpt_path).to(device)
-        probs = engine.evaluate(model, inputs, test_idx, device, args.batch_size, args.amp, args.tta)
-        part = (ckpt["test_ids"], [data.subjects[i] for i in test_idx], [ckpt["fold"]] * len(test_idx),
-                data.labels[test_idx].numpy(), probs)
-        eval_dir = out_dir / fold_dir.name
-        eval_dir.mkdir(parents=True, exist_ok=True)
-        metrics.write_predictions(eval_dir / "predictions.csv", *part[:2], aus, *part[3:], fold=part[2])
-        parts.append(part)
-        log.info("%s: epoch %d checkpoint, %d test sequences", fold_dir.name, ckpt["epoch"] + 1, len(test_idx))
-        if ckpt["epoch"] + 1 < args.epochs:
-            log.warning("%s has trained %d of the run's %d epochs: these numbers are of an unfinished fold",
-                        fold_dir.name, ckpt["epoch"] + 1, args.epochs)
+    aus, parts = engine.evaluate_checkpoints(args, fold_dirs, path if path.is_file() else None, out_dir)
     results = runs.write_results(out_dir, args, aus, parts)
     print(metrics.format_table(results, results["model"]))
     reference = run_dir / "results.json"
@@ -367,9 +350,9 @@ def main(args: argparse.Namespace) -> dict | None:
         if args.resume or args.evaluate:
             raise UserError("--demo starts a new run: drop --resume/-e, or resume the demo's run folder without --demo")
         prepare_demo(args)
+    results = seeds.run_seeds(args, typed(args), train, evaluate_run)
     if args.evaluate:
-        return evaluate_run(args)
-    results = train(args)
+        return results
     if args.demo and results is not None:
         print(next_steps(args.run_dir))
     return results

@@ -101,6 +101,16 @@ def format_value(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def format_with_interval(scores: dict, key: str, digits: int) -> str:
+    """`0.81 [0.79, 0.84]` where `scores` holds a 95% interval for `key`, `0.81 [n/a]` where the
+    bootstrap left it out, the value alone where no bootstrap ran."""
+    value = format_value(scores[key], digits)
+    if "ci" not in scores or scores[key] is None:
+        return value
+    ci = scores["ci"].get(key)
+    return f"{value} [n/a]" if ci is None else f"{value} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
 def markdown_table(rows: list[list[str]]) -> str:
     """A markdown table padded so it also reads well in a terminal; the first row is the header."""
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
@@ -117,6 +127,8 @@ def format_table(results: dict, model_name: str) -> str:
 
     The AU columns are the keys of `results["per_au"]`, so the table always matches the AUs the
     model was trained on. Results over some folds of a run (`folds`) say so in the model's cell.
+    With a bootstrap (`results["bootstrap"]`) the detail table gives each value's 95% interval,
+    and a last line says how they were drawn and why any is missing.
     """
     per_au, macro = results["per_au"], results["macro"]
     folds, kfold = results.get("folds"), results.get("kfold")
@@ -125,10 +137,19 @@ def format_table(results: dict, model_name: str) -> str:
     names = list(per_au)
     summary = markdown_table([["Model", *names, "Avg"],
                          [model_name, *(format_value(per_au[n]["f1"], 2) for n in names), format_value(macro["f1"], 2)]])
+    boot = results.get("bootstrap")
+    digits = 3 if boot else 4
     detail_rows = [["AU", "F1", "Precision", "Recall", "AUC", "Support"]]
-    detail_rows += [[n, *(format_value(per_au[n][k], 4) for k in METRIC_KEYS), str(per_au[n]["support"])] for n in names]
-    detail_rows.append([f"macro ({macro['n_aus']} AUs)", *(format_value(macro[k], 4) for k in METRIC_KEYS), ""])
-    return summary + "\n\n" + markdown_table(detail_rows)
+    detail_rows += [[n, *(format_with_interval(per_au[n], k, digits) for k in METRIC_KEYS), str(per_au[n]["support"])]
+                    for n in names]
+    detail_rows.append([f"macro ({macro['n_aus']} AUs)", *(format_with_interval(macro, k, digits) for k in METRIC_KEYS),
+                        ""])
+    text = summary + "\n\n" + markdown_table(detail_rows)
+    if boot:
+        notes = [f"{n} {k}: {why}" for n, scores in [*per_au.items(), ("macro", macro)]
+                 for k, why in scores.get("ci_reason", {}).items() if scores[k] is not None]
+        text += "\n\n" + boot["text"] + (f"; no interval for {'; '.join(notes)}" if notes else "")
+    return text
 
 
 # ----------------------------------------------------------------------------- predictions and results
@@ -212,7 +233,8 @@ def write_results(out_dir: str | os.PathLike, results: dict) -> dict[str, Path]:
 
     `results` is `compute_metrics` output plus the run's description: at least `model`, `aus`,
     `per_au` and `macro` (`split`, `kfold` and any other keys go to the JSON as they are).
-    In the CSV a value that does not exist (None) is an empty field.
+    In the CSV a value that does not exist (None) is an empty field; with a bootstrap, each
+    metric's interval follows as METRIC_low, METRIC_high columns.
     """
     missing = [k for k in ("model", "aus", "per_au", "macro") if k not in results]
     if missing:
@@ -222,11 +244,18 @@ def write_results(out_dir: str | os.PathLike, results: dict) -> dict[str, Path]:
     def cell(value: float | None) -> float | str:
         return "" if value is None else value
 
+    def bounds(m: dict) -> list:  # low, high per metric, after the columns a file without intervals has
+        if not results.get("bootstrap"):
+            return []
+        return [cell(None if m["ci"][k] is None else m["ci"][k][i]) for k in METRIC_KEYS for i in (0, 1)]
+
     header = ["AU", *METRIC_KEYS, "support", "predicted"]
-    rows = [[name, *(cell(m[k]) for k in METRIC_KEYS), m["support"], m["predicted"]]
+    if results.get("bootstrap"):
+        header += [f"{k}_{end}" for k in METRIC_KEYS for end in ("low", "high")]
+    rows = [[name, *(cell(m[k]) for k in METRIC_KEYS), m["support"], m["predicted"], *bounds(m)]
             for name, m in results["per_au"].items()]
     macro = results["macro"]
-    rows.append(["macro", *(cell(macro[k]) for k in METRIC_KEYS), "", ""])
+    rows.append(["macro", *(cell(macro[k]) for k in METRIC_KEYS), "", "", *bounds(macro)])
     return {
         "json": write_json(out_dir / "results.json", results),
         "csv": write_csv(out_dir / "results.csv", header, rows),

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 import dataset
+import intervals
 import metrics
 import models
 import utils
@@ -51,11 +52,14 @@ RUN_SETTINGS = (
     "momentum", "wd", "pos_weight", "threshold", "kfold", "split", "seed", "amp", "skip_bad", "final", "frames",
     "tta", "geometry", "crop_fill",
 )
+# Settings that only say how a run is scored: saved in args.json too, so -e scores a run as it was
+# scored, but a resumed or re-evaluated run may be given others.
+SCORING_SETTINGS = ("bootstrap",)
 # What a run saved before these settings existed was trained with: the summed loss, one
 # learning rate, peak frames only, no test-time augmentation, no landmark geometry, square crops
-# padded black past the frame.
+# padded black past the frame; it is scored with today's default bootstrap.
 LEGACY_SETTINGS = {"loss": "sum", "backbone_lr": 1.0, "frames": 1, "tta": "none", "geometry": False,
-                   "crop_fill": "black"}
+                   "crop_fill": "black", "bootstrap": intervals.DEFAULT_RESAMPLES}
 
 
 def run_settings(args: argparse.Namespace) -> dict:
@@ -443,7 +447,8 @@ def open_run_dir(run_dir: Path, args: argparse.Namespace) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the run folder {run_dir} ({e.strerror}): choose another --output-dir")
-    utils.write_json(saved, {**run_settings(args), "data_dir": args.data_dir, "label_dir": args.label_dir,
+    scoring = {k: getattr(args, k) for k in SCORING_SETTINGS}
+    utils.write_json(saved, {**run_settings(args), **scoring, "data_dir": args.data_dir, "label_dir": args.label_dir,
                              "landmark_dir": args.landmark_dir, "command": command_line()})
 
 
@@ -478,7 +483,7 @@ def adopt_saved_settings(args: argparse.Namespace, saved: dict, keep: Sequence[s
     disagree are refused before this (`changed_settings`)."""
     saved = saved_settings(saved)
     for key, value in saved.items():
-        if key in RUN_SETTINGS and key not in keep:
+        if (key in RUN_SETTINGS or key in SCORING_SETTINGS) and key not in keep:
             setattr(args, key, value)
     for role in ("data_dir", "label_dir", "landmark_dir"):
         setattr(args, role, getattr(args, role) or saved.get(role))
@@ -570,6 +575,9 @@ def write_results(out_dir: Path, args: argparse.Namespace, aus: list[int], parts
     targets = np.concatenate([np.asarray(part[3]) for part in parts])
     probs = np.concatenate([np.asarray(part[4]) for part in parts])
     scores = metrics.compute_metrics(targets, probs, aus, args.threshold)
+    resampling = bootstrap(args, ids, subjects)
+    if resampling is not None:
+        intervals.add_intervals(scores, resampling, targets, probs, aus, args.threshold)
     covers = sorted({int(k) for k in folds if k is not None})
     results = {
         "model": args.model, "aus": list(aus), "split": args.split, "kfold": args.kfold, "folds": covers,
@@ -577,7 +585,8 @@ def write_results(out_dir: Path, args: argparse.Namespace, aus: list[int], parts
         "pretrained": args.weights.lower() != "none", "weights": describe_weights(args),
         "freeze_backbone": args.freeze_backbone, "epochs": args.epochs, "loss": args.loss, "frames": args.frames,
         "tta": args.tta, "geometry": args.geometry, "crop_fill": args.crop_fill,
-        "image_size": args.image_size, "crop": args.crop, "sequences": len(ids), **scores,
+        "image_size": args.image_size, "crop": args.crop, "sequences": len(ids),
+        "bootstrap": None if resampling is None else resampling.record(), **scores,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics.write_results(out_dir, results)
@@ -585,6 +594,16 @@ def write_results(out_dir: Path, args: argparse.Namespace, aus: list[int], parts
     metrics.plot_f1(results, out_dir / "f1.png")
     metrics.plot_confusion(targets, probs, aus, args.threshold, out_dir / "confusion.png")
     return results
+
+
+def bootstrap(args: argparse.Namespace, ids: Sequence[str], subjects: Sequence[str]) -> intervals.Resampling | None:
+    """The run's --bootstrap resamples, seeded from --seed: over subjects, or over sequences under
+    --split sequence (whose folds do not keep a subject's sequences together either); None with 0."""
+    n = getattr(args, "bootstrap", intervals.DEFAULT_RESAMPLES)
+    if not n:
+        return None
+    by_sequence = args.split == "sequence"
+    return intervals.draw(ids if by_sequence else subjects, n, args.seed, "sequence" if by_sequence else "subject")
 
 
 def read_fold_predictions(fold_dir: Path, aus: list[int]) -> tuple:
@@ -641,3 +660,8 @@ def refuse_changed_settings(args: argparse.Namespace, saved: dict, source: Path,
         listed = ", ".join(f"{describe_flag(k, getattr(args, k))} (run: {theirs(k)})" for k in changed)
         raise UserError(f"{what} keeps the settings in {source}; these flags disagree with it: {listed}: "
                         f"drop them, or start a new run with another --output-dir")
+
+
+def typed_scoring(typed: set[str]) -> tuple[str, ...]:
+    """The scoring settings the user typed on --resume or -e: they win over the run's args.json."""
+    return tuple(k for k in SCORING_SETTINGS if k in typed)

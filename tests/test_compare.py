@@ -256,3 +256,70 @@ def test_default_out_is_the_comparison_folder(tmp_path, capsys, two_runs, monkey
     assert [p.name for p in work.iterdir()] == ["comparison"]  # nothing else lands in the working directory
     help_text = " ".join(compare.get_args_parser().format_help().split())
     assert "(default: comparison, in the current directory)" in help_text
+
+
+# ----------------------------------------------------------------------------- paired differences (issue 18)
+
+
+def rescored_copy(run: Path, to: Path, change) -> Path:
+    """A copy of a finished run whose pooled predictions are `change(targets, probs)`, rescored:
+    results.json as the run would have written it from those predictions."""
+    to.mkdir(parents=True)
+    for name in ("args.json", "results.json"):
+        (to / name).write_bytes((run / name).read_bytes())
+    ids, subjects, folds, aus, targets, probs = metrics.read_predictions(run / "predictions.csv")
+    probs = change(targets, probs)
+    metrics.write_predictions(to / "predictions.csv", ids, subjects, aus, targets, probs, fold=folds)
+    results = json.loads((run / "results.json").read_text())
+    utils.write_json(to / "results.json", {**results, **metrics.compute_metrics(targets, probs, aus)})
+    return to
+
+
+def differences(out: str) -> dict[str, list[str]]:
+    """Run name -> its cells in the ΔF1 and ΔAUC columns of the printed table."""
+    rows = table_rows(out)
+    at = [rows[0].index("Δ F1"), rows[0].index("Δ ROC AUC")]
+    return {row[0]: [row[c] for c in at] for row in rows[1:]}
+
+
+def test_a_real_difference_is_marked_and_an_identical_copy_is_not(fast_run, tmp_path, capsys):
+    perfect = rescored_copy(fast_run, tmp_path / "perfect", lambda t, p: 0.05 + 0.9 * t)
+    rng = np.random.default_rng(0)
+    same = rescored_copy(fast_run, tmp_path / "same", lambda t, p: np.clip(p + rng.uniform(-1e-6, 1e-6, p.shape), 0, 1))
+    code, out, err = run_compare(capsys, fast_run, same, perfect, "--out", tmp_path / "cmp")
+    assert code == 0
+    cells = list(differences(out).values())
+    assert cells[0] == ["baseline", "baseline"]
+    assert not any(c.endswith("*") for c in cells[1]), cells[1]  # the copy: no difference
+    assert all(c.endswith("*") and c.startswith("+") for c in cells[2]), cells[2]  # perfect predictions: real
+    assert "paired percentile bootstrap interval over subjects (2000 resamples of 8 subjects" in out
+    rows = read_csv(tmp_path / "cmp" / "compare.csv")
+    base_f1 = json.loads((fast_run / "results.json").read_text())["macro"]["f1"]
+    assert float(rows[2]["diff_f1"]) == pytest.approx(1.0 - base_f1)
+    assert 0 < float(rows[2]["diff_f1_low"]) <= float(rows[2]["diff_f1_high"])
+    # the same seed, the same intervals
+    assert run_compare(capsys, fast_run, same, perfect, "--out", tmp_path / "cmp2")[1] == out
+
+
+def test_baseline_picks_the_run_the_others_are_compared_with(fast_run, tmp_path, capsys):
+    perfect = rescored_copy(fast_run, tmp_path / "perfect", lambda t, p: 0.05 + 0.9 * t)
+    code, out, _ = run_compare(capsys, fast_run, perfect, "--baseline", perfect, "--out", tmp_path / "cmp")
+    assert code == 0
+    cells = list(differences(out).values())
+    assert cells[1] == ["baseline", "baseline"] and all(c.startswith("-") and c.endswith("*") for c in cells[0])
+    assert f"macro difference from {perfect}" in out
+
+
+def test_runs_on_other_sequences_get_a_warning_and_no_difference(fast_run, tmp_path, capsys):
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    for name in ("args.json", "results.json"):
+        (fewer / name).write_bytes((fast_run / name).read_bytes())
+    ids, subjects, folds, aus, targets, probs = metrics.read_predictions(fast_run / "predictions.csv")
+    metrics.write_predictions(fewer / "predictions.csv", ids[1:], subjects[1:], aus, targets[1:], probs[1:],
+                              fold=folds[1:])
+    code, out, err = run_compare(capsys, fast_run, fewer, "--out", tmp_path / "cmp")
+    assert code == 0
+    warned = [w for w in warnings_of(err) if "other sequences" in w]
+    assert len(warned) == 1 and str(fewer) in warned[0] and "not paired" in warned[0]
+    assert "Δ" not in out  # no run is paired: no difference column at all

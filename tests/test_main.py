@@ -96,6 +96,9 @@ def test_evaluate_reproduces_results_json(run, ck):
     first = json.loads((run / "results.json").read_text())
     again = json.loads((run / "evaluate" / "results.json").read_text())
     assert again["per_au"] == first["per_au"] and again["macro"] == first["macro"]
+    # -e draws the same resamples (seeded from the run's --seed): the same 95% intervals
+    assert again["bootstrap"] == first["bootstrap"] and first["bootstrap"]["resamples"] == 2000
+    assert first["macro"]["ci"]["f1"] is not None and again["macro"]["ci"] == first["macro"]["ci"]
     assert f"macro F1 {first['macro']['f1']:.4f} matches results.json" in proc.stdout
     # the table is printed like the original README's: a row for the model, a column per AU
     assert re.search(r"\| squeezenet1_1 \|( \d\.\d\d \|){11}", proc.stdout)
@@ -222,14 +225,18 @@ def test_alexnet_frozen_and_final_model(ck, tmp_path):
     assert isinstance(model, torch.nn.Module) and not model.training
 
 
-def test_unknown_au_is_trained_and_reported_as_not_available(ck, tmp_path, capsys):
+def test_an_au_no_sequence_codes_is_refused_before_training(ck, tmp_path, capsys):
+    """Issue 18: --aus 3,99 used to train a whole run on all-negative labels with a warning. An AU that
+    no sequence of the copy codes is now one line naming it, before any run folder is made (an AU
+    that exists but reports null is covered in test_metrics: AU43's empty row)."""
     run_dir = tmp_path / "au99"
-    assert main.cli([*ck.dirs, *FAST, "--aus", "1,2,43", "--output-dir", str(run_dir)]) == 0
-    out = capsys.readouterr()
-    results = json.loads((run_dir / "results.json").read_text())
-    assert results["per_au"]["AU43"]["support"] == 0
-    assert results["per_au"]["AU43"]["f1"] is None and results["per_au"]["AU43"]["auc"] is None
-    assert "nan" not in out.out.lower() and "AU43" in out.err
+    assert main.cli([*ck.dirs, *FAST, "--aus", "1,2,43", "--output-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "AU43" in err and "AU1," not in err and "--aus 1,2" in err
+    assert not run_dir.exists()
+    assert main.cli([*ck.dirs, *FAST, "--aus", "3,99", "--output-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "AU3, AU99" in err and not run_dir.exists()
 
 
 def test_demo_generates_its_tree_once_and_prints_the_table(tmp_path, monkeypatch, capsys):

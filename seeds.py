@@ -1,0 +1,241 @@
+"""--seeds N: the whole k-fold run N times, with seeds S, S+1, ..., and the spread of its figures.
+
+    RUN/seeds.json        how many seeds, the first one, the command line
+    RUN/seed{i}/          a complete run folder with --seed S+i (-e, --resume, compare.py and
+                          predict.py work on each as on any run)
+    RUN/results.json      per AU and macro, each metric's mean, std, min and max across the seeds,
+    RUN/results.csv       beside every seed's pooled value and its 95% interval
+    RUN/results.md        the printed tables
+
+What a paper's "mean ± std over N seeds" means: the spread of the whole protocol (weights, batch
+order, augmentation), where a seed's interval is the spread of its subjects.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Callable
+
+import metrics
+import runs
+import utils
+from utils import UserError
+
+log = logging.getLogger("au")
+
+SEEDS_FILE = "seeds.json"
+METRIC_KEYS = metrics.METRIC_KEYS
+
+
+def is_seeds_run(path: Path) -> bool:
+    return path.is_dir() and (path / SEEDS_FILE).is_file()
+
+
+def read_seeds_file(root: Path) -> dict:
+    path = root / SEEDS_FILE
+    try:
+        info = json.loads(path.read_text())
+        if not (isinstance(info.get("seeds"), int) and isinstance(info.get("seed"), int) and info["seeds"] >= 1):
+            raise ValueError("no seeds and seed numbers")
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"{path} is not a readable {SEEDS_FILE} ({e}): restore it from the run") from None
+    return info
+
+
+def seed_dirs(root: Path, n: int) -> list[Path]:
+    return [root / f"seed{i}" for i in range(n)]
+
+
+def check_matches(info: dict, args: argparse.Namespace, typed: set[str], root: Path) -> None:
+    """--seeds and --seed typed on a --seeds run must be the run's."""
+    for key in ("seeds", "seed"):
+        if key in typed and getattr(args, key) != info[key]:
+            raise UserError(f"--{key} {getattr(args, key)}: {root} was run with --{key} {info[key]} "
+                            f"({root / SEEDS_FILE}); drop --{key}, or start a new run with another --output-dir")
+
+
+def seed_args(args: argparse.Namespace, i: int, first_seed: int, typed: set[str]) -> argparse.Namespace:
+    """One seed's arguments: a plain run (--seeds 1) with --seed S+i."""
+    sub = argparse.Namespace(**vars(args))
+    sub.seeds, sub.seed = 1, first_seed + i
+    sub.typed = set(typed) - {"seed", "seeds", "output_dir", "resume"}
+    return sub
+
+
+def run_seeds(args: argparse.Namespace, typed: set[str], train: Callable[[argparse.Namespace], dict | None],
+              evaluate: Callable[[argparse.Namespace], dict]) -> dict | None:
+    """Train (or with -e, evaluate) every seed of a --seeds run through `train`/`evaluate` (main.py's
+    modes), then write the summary once every seed has its results. A run of one seed, not made
+    by --seeds, goes straight to `train`/`evaluate`."""
+    resumed = Path(args.resume) if args.resume else None
+    if resumed is not None and not is_seeds_run(resumed):
+        if "seeds" in typed and args.seeds != 1:
+            raise UserError(f"--seeds {args.seeds}: --resume {resumed} is a run of one seed; drop --seeds")
+        return evaluate(args) if args.evaluate else train(args)
+    if args.evaluate:
+        if resumed is None:
+            return evaluate(args)  # its own message: -e needs --resume
+        return evaluate_seeds(args, resumed, typed, evaluate)
+    if args.seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    if resumed is None and args.seeds == 1:
+        return train(args)
+    root = resumed or start_seeds_run(args)
+    info = read_seeds_file(root)
+    check_matches(info, args, typed, root)
+    if resumed is not None and args.output_dir and Path(args.output_dir).resolve() != root.resolve():
+        raise UserError(f"--output-dir {args.output_dir}: --resume continues {root} in place; drop --output-dir")
+    args.run_dir = root
+    results = []
+    for i, seed_dir in enumerate(seed_dirs(root, info["seeds"])):
+        sub = seed_args(args, i, info["seed"], typed)
+        if resumed is not None and (seed_dir / "args.json").is_file():
+            sub.resume, sub.output_dir = str(seed_dir), None
+        else:
+            sub.resume, sub.output_dir = None, str(seed_dir)
+            if resumed is not None:  # a seed not begun yet: it takes the settings of one that has
+                sibling = next((d for d in seed_dirs(root, info["seeds"]) if (d / "args.json").is_file()), None)
+                if sibling is None:
+                    raise UserError(f"--resume {root}: no seed of it has begun (no {root}/seed0/args.json), so "
+                                    f"its settings are unknown: start it again with --output-dir {root}")
+                runs.adopt_saved_settings(sub, runs.read_args_json(sibling / "args.json"))
+                sub.seed = info["seed"] + i
+        log.info("seed %d of %d (--seed %d): %s", i + 1, info["seeds"], sub.seed, seed_dir)
+        results.append(train(sub))
+    return finish(root, root, results, info)
+
+
+def start_seeds_run(args: argparse.Namespace) -> Path:
+    """The folder of a new --seeds run, with its seeds.json (a --fold job may join one that matches)."""
+    root = runs.new_run_dir(argparse.Namespace(output_dir=args.output_dir, model=args.model or "alexnet"))
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--output-dir {root} is a file: choose a folder name")
+    if root.is_dir() and any(root.iterdir()):
+        if args.fold is not None and is_seeds_run(root):
+            info = read_seeds_file(root)
+            if (info["seeds"], info["seed"]) == (args.seeds, args.seed):
+                return root
+            raise UserError(f"{root} holds a --seeds run with other seeds: choose another --output-dir")
+        raise UserError(f"{root} already holds files (an earlier run?): continue it with --resume {root}, "
+                        f"or choose another --output-dir")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {root} ({e.strerror}): choose another --output-dir") from None
+    utils.write_json(root / SEEDS_FILE, {"seeds": args.seeds, "seed": args.seed, "command": runs.command_line()})
+    return root
+
+
+def evaluate_seeds(args: argparse.Namespace, root: Path, typed: set[str],
+                   evaluate: Callable[[argparse.Namespace], dict]) -> dict | None:
+    """-e --resume RUN of a --seeds run: every seed's checkpoints, each into OUT/seed{i}, then the summary."""
+    info = read_seeds_file(root)
+    check_matches(info, args, typed, root)
+    out_root = Path(args.output_dir) if args.output_dir else root / "evaluate"
+    results = []
+    for i, seed_dir in enumerate(seed_dirs(root, info["seeds"])):
+        if not (seed_dir / "args.json").is_file():
+            raise UserError(f"{seed_dir} has not begun: train it first with --resume {root}")
+        sub = seed_args(args, i, info["seed"], typed)
+        sub.resume, sub.output_dir = str(seed_dir), str(out_root / seed_dir.name)
+        results.append(evaluate(sub))
+    return finish(root, out_root, results, info)
+
+
+def finish(root: Path, out_dir: Path, results: list[dict | None], info: dict) -> dict | None:
+    done = [r for r in results if r is not None]
+    if len(done) < len(results):
+        log.info("%d of %d seeds of %s have their results; the summary is written when the last one does",
+                 len(done), len(results), root)
+        return None
+    seeds = [info["seed"] + i for i in range(len(results))]
+    summary = summarise(results, seeds)
+    write_summary(out_dir, summary)
+    print("\n" + format_summary(summary))
+    print(f"\nseeds summary written to {out_dir}")
+    return summary
+
+
+# ----------------------------------------------------------------------------- the summary
+
+
+def spread(values: list[float | None], intervals: list[list[float] | None]) -> dict:
+    """Mean, std (n - 1), min and max across seeds of one figure, beside each seed's value and interval."""
+    present = [v for v in values if v is not None]
+    n = len(present)
+    mean = sum(present) / n if n else None
+    std = math.sqrt(sum((v - mean) ** 2 for v in present) / (n - 1)) if n > 1 else None
+    return {"mean": mean, "std": std, "min": min(present) if n else None, "max": max(present) if n else None,
+            "n": n, "values": values, "intervals": intervals}
+
+
+def summarise(results: list[dict], seeds: list[int]) -> dict:
+    """Each per-AU and macro metric across the seeds' results (all of the same AUs and protocol)."""
+    first = results[0]
+    names = list(first["per_au"])
+
+    def figures(pick: Callable[[dict], dict]) -> dict:
+        return {k: spread([pick(r)[k] for r in results], [pick(r).get("ci", {}).get(k) for r in results])
+                for k in METRIC_KEYS}
+
+    return {
+        "model": first["model"], "aus": first["aus"], "seeds": seeds, "runs": [f"seed{i}" for i in range(len(seeds))],
+        "split": first.get("split"), "kfold": first.get("kfold"), "protocol": first.get("protocol"),
+        "bootstrap": first.get("bootstrap"), "threshold": first.get("threshold"),
+        "spread": "mean, std (n - 1), min and max across the seeds of each seed's pooled value",
+        "per_au": {name: figures(lambda r, name=name: r["per_au"][name]) for name in names},
+        "macro": figures(lambda r: r["macro"]),
+    }
+
+
+def spread_cell(figure: dict) -> str:
+    if figure["mean"] is None:
+        return "n/a"
+    std = "" if figure["std"] is None else f" ± {figure['std']:.3f}"
+    return f"{figure['mean']:.3f}{std} [{figure['min']:.3f}, {figure['max']:.3f}]"
+
+
+def seed_cell(figure: dict, i: int) -> str:
+    value, ci = figure["values"][i], figure["intervals"][i]
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" + ("" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]")
+
+
+def format_summary(summary: dict) -> str:
+    """The spread table (mean ± std [min, max] of each metric), then each seed's F1 and AUC with
+    its 95% interval."""
+    rows = [*summary["per_au"].items(), ("macro", summary["macro"])]
+    n = len(summary["seeds"])
+    spread_rows = [["AU", *(f"{k} mean ± std [min, max]" for k in METRIC_KEYS)]]
+    spread_rows += [[name, *(spread_cell(fig[k]) for k in METRIC_KEYS)] for name, fig in rows]
+    seed_rows = [["AU", *(f"seed {s} {k}" for k in ("f1", "auc") for s in summary["seeds"])]]
+    seed_rows += [[name, *(seed_cell(fig[k], i) for k in ("f1", "auc") for i in range(n))] for name, fig in rows]
+    boot = summary.get("bootstrap")
+    note = f"; each seed's {boot['text']}" if boot else ""
+    return (f"{summary['model']} over {n} seeds ({', '.join(map(str, summary['seeds']))}): {summary['spread']}{note}"
+            f"\n\n{metrics.markdown_table(spread_rows)}\n\n{metrics.markdown_table(seed_rows)}")
+
+
+def write_summary(out_dir: Path, summary: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = len(summary["seeds"])
+    header = ["AU", "metric", "mean", "std", "min", "max",
+              *(f"seed{i}{end}" for i in range(n) for end in ("", "_low", "_high"))]
+
+    def blank(v):
+        return "" if v is None else v
+
+    rows = []
+    for name, figs in [*summary["per_au"].items(), ("macro", summary["macro"])]:
+        for k in METRIC_KEYS:
+            f = figs[k]
+            per_seed = [blank(x) for i in range(n)
+                        for x in (f["values"][i], *(f["intervals"][i] or (None, None)))]
+            rows.append([name, k, *(blank(f[s]) for s in ("mean", "std", "min", "max")), *per_seed])
+    utils.write_json(out_dir / "results.json", summary)
+    utils.write_csv(out_dir / "results.csv", header, rows)
+    utils.atomic_write_bytes(out_dir / "results.md", (format_summary(summary) + "\n").encode("utf-8"))
