@@ -27,8 +27,10 @@ folds, the same learning rate, batch, augmentation and positive weights for ever
 - bare loop + 3 frames + flip TTA: the same loop on the last 3 frames of each training sequence,
   each test face scored with its mirror image (its figures without TTA are in the JSON).
 
-It prints macro F1 and macro ROC AUC of the pooled out-of-fold predictions, the wall time of
-each run, and whether each fold's training loss rose from epoch 1 to epoch 2 (metrics.csv):
+It prints macro F1 and macro ROC AUC of the pooled out-of-fold predictions with their 95%
+intervals over subjects (main.py's bootstrap: 2000 resamples, seed 0), the wall time of each run,
+the paired difference of each recipe from its anchor (the same resampled subjects for both rows;
+a recipe is WORSE only when that interval lies below zero), and whether each fold's training loss rose from epoch 1 to epoch 2 (metrics.csv):
 a pretrained backbone wrecked by too large steps shows as a loss that rises. Synthetic faces
 are not real ones: this shows the mechanics and catches regressions; CKPLUS.md has the
 real-face figures.
@@ -53,6 +55,7 @@ if str(REPO) not in sys.path:
 import ckplus  # noqa: E402
 import dataset  # noqa: E402
 import engine  # noqa: E402
+import intervals  # noqa: E402
 import metrics  # noqa: E402
 import synthetic  # noqa: E402
 import utils  # noqa: E402
@@ -172,8 +175,11 @@ def run_row(name: str, dirs: list[str], args: argparse.Namespace, work: Path, do
         return row
     results = json.loads((run_dir / "results.json").read_text())
     losses = fold_losses(trained, args.kfold)
+    ids, subjects, _, _, targets, probs = metrics.read_predictions(run_dir / "predictions.csv")
     row.update(macro_f1=results["macro"]["f1"], macro_auc=results["macro"]["auc"], sequences=results["sequences"],
-               fold_losses=losses, loss_rose=[len(f) > 1 and f[1] > f[0] for f in losses])
+               macro_ci=results["macro"].get("ci"), fold_losses=losses,
+               loss_rose=[len(f) > 1 and f[1] > f[0] for f in losses],
+               predictions={"ids": ids, "subjects": subjects, "targets": targets, "probs": probs})
     log(f"{what}: macro F1 {row['macro_f1']:.3f}, AUC {row['macro_auc']:.3f}, {wall:.0f}s")
     return row
 
@@ -259,8 +265,14 @@ def bare_loop(dirs: list[str], args: argparse.Namespace, frames: int, tta: str) 
                     p = (p + torch.sigmoid(model(x.flip(-1)))) / 2
                 probs[part.numpy()] = p.numpy()
     scores = metrics.compute_metrics(labels.numpy(), probs, aus, 0.5)
+    subjects = [r.subject for r in records]
+    resampling = intervals.draw(subjects, intervals.DEFAULT_RESAMPLES, 0)  # main.py's: over subjects, --seed 0
+    intervals.add_intervals(scores, resampling, labels.numpy(), probs, aus, 0.5)
     row = {"wall_s": round(time.perf_counter() - t0, 1), "macro_f1": scores["macro"]["f1"],
-           "macro_auc": scores["macro"]["auc"], "sequences": len(records), "fold_losses": losses,
+           "macro_auc": scores["macro"]["auc"], "macro_ci": scores["macro"]["ci"], "sequences": len(records),
+           "predictions": {"ids": [r.id for r in records], "subjects": subjects, "targets": labels.numpy(),
+                           "probs": probs},
+           "fold_losses": losses,
            "loss_rose": [len(f) > 1 and f[1] > f[0] for f in losses], "training_images": len(rows),
            "per_au_f1": {f"AU{au}": scores["per_au"][f"AU{au}"]["f1"] for au in aus}}
     if tta != "none":
@@ -273,6 +285,42 @@ def fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def with_interval(row: dict, key: str) -> str:
+    """`0.812 [0.790, 0.833]`: a row's macro figure and its 95% interval over subjects."""
+    ci = (row.get("macro_ci") or {}).get(key)
+    return fmt(row[f"macro_{key}"]) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def paired(a: dict, b: dict) -> dict[str, intervals.PairedDifference]:
+    """Row `a`'s macro F1 and AUC minus row `b`'s, with paired 95% intervals over subjects (the same
+    resampled subjects for both; rows are lined up by sequence)."""
+    pa, pb = a["predictions"], b["predictions"]
+    order = {seq: i for i, seq in enumerate(pa["ids"])}
+    at = [order[seq] for seq in pb["ids"]]
+    resampling = intervals.draw(pb["subjects"], intervals.DEFAULT_RESAMPLES, 0)
+    point = {"f1": (b["macro_f1"], a["macro_f1"]), "auc": (b["macro_auc"], a["macro_auc"])}
+    return intervals.paired_differences(resampling, (pb["targets"], pb["probs"]),
+                                        (pa["targets"][at], pa["probs"][at]), 0.5, 0.5, point)
+
+
+def verdict(a: dict, b: dict) -> str:
+    """Is recipe row `a` no worse than anchor row `b`? Worse only when the paired interval of the
+    macro F1 difference lies below zero: one number from one run is not a result."""
+    diff = paired(a, b)
+    f1, auc = diff["f1"], diff["auc"]
+
+    def show(d: intervals.PairedDifference) -> str:
+        if d.difference is None:
+            return "n/a"
+        return f"{d.difference:+.3f}" + (f" [{d.interval[0]:+.3f}, {d.interval[1]:+.3f}]" if d.interval else "")
+
+    worse = f1.interval is not None and f1.interval[1] < 0
+    better = f1.interval is not None and f1.interval[0] > 0
+    word = "WORSE than" if worse else "better than" if better else "no worse than (the interval holds 0)"
+    return (f"{a['what']} minus {b['what']}: macro F1 {show(f1)}, AUC {show(auc)} (paired, over subjects): "
+            f"{word} the {b['what']} ({fmt(b['macro_f1'])} / {fmt(b['macro_auc'])})")
+
+
 def format_table(report: dict) -> str:
     s = report["settings"]
     lines = [
@@ -281,7 +329,7 @@ def format_table(report: dict) -> str:
         f"batch {s['batch_size']}, --lr {s['lr']}, --pos-weight --augment; torch {report['system']['torch']}, "
         f"{report['system']['cpu_count']} CPUs",
         "",
-        "| recipe | flags | macro F1 | macro AUC | wall | loss epoch 1 -> 2, per fold |",
+        "| recipe | flags | macro F1 [95% CI] | macro AUC [95% CI] | wall | loss epoch 1 -> 2, per fold |",
         "|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
@@ -292,15 +340,13 @@ def format_table(report: dict) -> str:
         trend = ", ".join(f"{f[0]:.3f} -> {f[1]:.3f} {'ROSE' if rose else 'fell'}" if len(f) > 1 else "one epoch"
                           for f, rose in zip(row["fold_losses"], row["loss_rose"]))
         wall = f"{row['wall_s']:.0f} s" + (f" (scoring the {row['scored_from']} run)" if "scored_from" in row else "")
-        lines.append(f"| {row['what']} | {flags} | {fmt(row['macro_f1'])} | {fmt(row['macro_auc'])} | "
+        lines.append(f"| {row['what']} | {flags} | {with_interval(row, 'f1')} | {with_interval(row, 'auc')} | "
                      f"{wall} | {trend} |")
     by_name = {row["name"]: row for row in report["rows"] if "error" not in row}
-    for recipe, anchor in (("new", "bare"), ("frames-tta", "bare-frames-tta")):
+    lines.append("")
+    for recipe, anchor in (("new", "bare"), ("frames-tta", "bare-frames-tta"), ("geometry", "new")):
         if recipe in by_name and anchor in by_name:
-            a, b = by_name[recipe], by_name[anchor]
-            verdict = "no worse than" if a["macro_f1"] >= b["macro_f1"] else "WORSE than"
-            lines.append(f"\n{a['what']}: macro F1 {fmt(a['macro_f1'])} / AUC {fmt(a['macro_auc'])}, {verdict} "
-                         f"the {b['what']} ({fmt(b['macro_f1'])} / {fmt(b['macro_auc'])})")
+            lines.append(verdict(by_name[recipe], by_name[anchor]))
     if "without_tta" in by_name.get("bare-frames-tta", {}):
         w = by_name["bare-frames-tta"]["without_tta"]
         lines.append(f"bare loop + 3 frames without TTA: macro F1 {fmt(w['macro_f1'])} / AUC {fmt(w['macro_auc'])}")
@@ -326,6 +372,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     report["sequences"] = next((row["sequences"] for row in report["rows"] if "sequences" in row), None)
     report["system"]["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     print(format_table(report))
+    for row in report["rows"]:
+        row.pop("predictions", None)  # arrays, for the paired verdicts only
     if args.json:
         utils.write_json(args.json, report)
     return report

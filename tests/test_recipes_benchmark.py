@@ -28,6 +28,17 @@ def test_recipes_benchmark_reports_every_row(imagenet_mobilenet, tmp_path):
         assert [len(fold) for fold in row["fold_losses"]] == [2, 2]  # two folds, two epochs each, from metrics.csv
         assert row["loss_rose"] == [f[1] > f[0] for f in row["fold_losses"]]
         assert f"| {row['what']} |" in proc.stdout
+        # every figure with its interval over subjects, around its own value (none where 3 subjects
+        # leave an AU without positives in too many resamples: then the bare value)
+        for key in ("f1", "auc"):
+            assert key in row["macro_ci"]
+            if row["macro_ci"][key] is None:
+                assert f"| {row[f'macro_{key}']:.3f} |" in proc.stdout
+                continue
+            low, high = row["macro_ci"][key]
+            assert low <= row[f"macro_{key}"] <= high
+            assert f"{row[f'macro_{key}']:.3f} [{low:.3f}, {high:.3f}]" in proc.stdout
+    assert any(ci is not None for row in rows.values() for ci in row["macro_ci"].values())
     assert report["sequences"] == rows["old"]["sequences"] > 0
     # the same folds, the same peak frames scored: every row predicts every sequence once
     assert len({row["sequences"] for row in rows.values()}) == 1
@@ -46,3 +57,6 @@ def test_recipes_benchmark_reports_every_row(imagenet_mobilenet, tmp_path):
     assert f"the bare loop (whole frame) ({rows['bare']['macro_f1']:.3f} / {rows['bare']['macro_auc']:.3f})" \
         in proc.stdout
     assert "the bare loop + 3 frames + flip TTA (" in proc.stdout
+    # the recipe against its anchor is a paired difference with its interval, not two numbers
+    assert "new defaults (mean loss) minus bare loop (whole frame): macro F1 " in proc.stdout
+    assert "(paired, over subjects)" in proc.stdout
