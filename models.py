@@ -185,7 +185,11 @@ class AUNet(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.geometry = geometry
+        # The normalised points vary by a few hundredths of an inter-ocular distance between
+        # expressions: standardised first (BatchNorm's running statistics, kept in the checkpoint,
+        # are the training data's mean and spread), as a shape classifier standardises its inputs.
         self.geometry_branch = nn.Sequential(
+            nn.BatchNorm1d(GEOMETRY_FEATURES, affine=False),
             nn.Linear(GEOMETRY_FEATURES, 128), nn.ReLU(), nn.Linear(128, GEOMETRY_WIDTH), nn.ReLU(),
         ) if geometry else None
         self.head = nn.Linear(num_features + (GEOMETRY_WIDTH if geometry else 0), num_aus)
