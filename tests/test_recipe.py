@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from PIL import Image
 from torch import nn
 
 import checkpoints
@@ -446,6 +447,7 @@ def test_a_run_of_an_older_checkpoint_format_is_refused_in_one_line(fast_run, tm
     ckpt["version"] = 3
     del ckpt["args"]["geometry"], ckpt["args"]["crop_fill"]
     torch.save(ckpt, path)
+    Image.new("L", (32, 32)).save(tmp_path / "face.png")
     capsys.readouterr()
     for argv, cli in [(["-e", "--resume", str(path)], main.cli), (["--resume", str(run_dir), "--epochs", "3"], main.cli),
                       ([str(path), str(tmp_path / "face.png")], predict.cli)]:
