@@ -20,6 +20,7 @@ from pathlib import Path
 
 import checkpoints
 import ckplus
+import crop_cache
 import dataset
 import engine
 import intervals
@@ -72,7 +73,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.add_argument("--skip-bad", action="store_true", help="skip bad sequences with a warning instead of stopping")
     d.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="where face crops (and the demo's synthetic CK+) are cached; crops beyond "
-                        f"${dataset.CACHE_LIMIT_ENV} MiB ({dataset.DEFAULT_CACHE_LIMIT_MB} unless set) go least "
+                        f"${crop_cache.CACHE_LIMIT_ENV} MiB ({crop_cache.DEFAULT_CACHE_LIMIT_MB} unless set) go least "
                         "recently used first (default: $XDG_CACHE_HOME/au-recognition, or ~/.cache/au-recognition)")
     d.add_argument("--no-cache", action="store_true", help="do not read or write the crop cache")
 

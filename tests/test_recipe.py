@@ -20,6 +20,7 @@ from torch import nn
 
 import checkpoints
 import ckplus
+import crop_cache
 import dataset
 import engine
 import main
@@ -385,7 +386,7 @@ def tta_run(ck, tmp_path_factory) -> Path:
 
 def peak_crops(ck, ids: list[str]) -> torch.Tensor:
     records = {r.id: r for r in dataset.index_ckplus(*ck.dirs)}
-    _, crops = dataset.load_crops([records[i] for i in ids], size=64)
+    _, crops = crop_cache.load_crops([records[i] for i in ids], size=64)
     return torch.from_numpy(crops).unsqueeze(1)
 
 
