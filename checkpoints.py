@@ -233,3 +233,4 @@ def build_trained_model(ckpt: dict, path: Path) -> models.AUNet:
 def load_trained_model(path: str | Path) -> tuple[models.AUNet, dict]:
     """A checkpoint written by main.py -> (model in eval mode on the CPU, the checkpoint dict)."""
     ckpt = load_checkpoint(path)
+    return build_trained_model(ckpt, Path(path)), ckpt
