@@ -310,7 +310,7 @@ def test_the_crop_cache_covers_the_extra_frames(ck, tmp_path, monkeypatch):
     def no_decode(*a, **k):
         raise AssertionError("a PNG was decoded although every crop is cached")
 
-    monkeypatch.setattr(dataset, "_decode_and_crop", no_decode)
+    monkeypatch.setattr(crop_cache, "_decode_and_crop", no_decode)
     second = dataset.CKPlusDataset(dataset.index_ckplus(*ck.dirs, frames=2), [1, 2], size=24, cache_dir=cache)
     assert torch.equal(first.images, second.images) and len(first.images) > len(first)
 
