@@ -1,4 +1,5 @@
-"""The CK+ layout, in one place: folder names, file names, the text record format, the junk filter.
+"""The CK+ layout, in one place: folder names, file names, the text record format, the junk filter,
+and `DataError`, the error a bad file in a copy raises.
 
 dataset.py reads what synthetic.py writes, and both (with main.py's demo, predict.py and the
 tests) take every name from here. Importing it costs nothing: no torch, no numpy.
@@ -9,6 +10,23 @@ import os
 import re
 from pathlib import Path
 from typing import Iterator
+
+from utils import UserError
+
+
+
+class DataError(UserError):
+    """A bad file in a CK+ copy; `reason` is a short category for the --skip-bad summary."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):
+        # Crop workers send it back across a process boundary: rebuild it with both arguments
+        # (the default pickles only `args`, i.e. the message, and the pool's thread dies on it).
+        return type(self), (str(self), self.reason)
+
 
 # The folders of an unpacked CK+ copy, relative to its root, by kind of file.
 SUBDIRS = {

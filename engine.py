@@ -20,12 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
+import checkpoints
 import dataset
 import geometry
 import metrics
 import models
 import preprocess
 import runs
+import start_weights
 import utils
 from utils import UserError
 
@@ -258,7 +260,7 @@ def au_loss(criterion: nn.Module, output, target: torch.Tensor, reduction: str =
 def make_optimizer(model: models.AUNet, args) -> torch.optim.SGD:
     """SGD over two parameter groups: the backbone at --lr x --backbone-lr, the AU head(s) at --lr.
     A frozen backbone has no group. The backbone's parameters come first, in model order, as
-    in the single list of earlier checkpoints (runs.upgrade_checkpoint splits those)."""
+    in the single list that checkpoints before format 3 held."""
     backbone = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.")]
     head = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
     groups = [{"params": backbone, "lr": args.lr * args.backbone_lr, "name": "backbone"}] if backbone else []
@@ -349,18 +351,18 @@ class Clock:
         return utils.format_duration(self.done_seconds / self.done * max(self.epochs_left, 0))
 
 
-def fresh_model(args, num_aus: int, start: runs.StartingWeights, frozen_backbone: dict | None) -> models.AUNet:
+def fresh_model(args, num_aus: int, start: start_weights.StartingWeights, frozen_backbone: dict | None) -> models.AUNet:
     """A fold's model before training: the run's frozen backbone (shared by every fold), or the
     backbone --weights names (torchvision's weights, a file's, or random), and a fresh head."""
     if frozen_backbone is not None:
-        return runs.StartingWeights(state=frozen_backbone).build(args.model, num_aus, freeze_backbone=True,
+        return start_weights.StartingWeights(state=frozen_backbone).build(args.model, num_aus, freeze_backbone=True,
                                                                  geometry=args.geometry)
     return start.build(args.model, num_aus, args.freeze_backbone, geometry=args.geometry)
 
 
 def train_fold(fold: int, train_idx: np.ndarray, test_idx: np.ndarray, data: dataset.CKPlusDataset,
                inputs: Inputs, aus: list[int], args, device: torch.device, fold_dir: Path, clock: Clock,
-               frozen_backbone: dict | None = None, start: runs.StartingWeights | None = None) -> np.ndarray:
+               frozen_backbone: dict | None = None, start: start_weights.StartingWeights | None = None) -> np.ndarray:
     """Train one fold from fresh weights (or its checkpoint) and return its test probabilities.
 
     `train_idx`/`test_idx` are sequences: training takes every row of the training sequences
@@ -369,8 +371,8 @@ def train_fold(fold: int, train_idx: np.ndarray, test_idx: np.ndarray, data: dat
     otherwise the model starts from `start` (--weights)."""
     fold_dir.mkdir(parents=True, exist_ok=True)
     utils.clean_temp_files(fold_dir)
-    ckpt_path = fold_dir / runs.CHECKPOINT
-    start = start or runs.StartingWeights.none()
+    ckpt_path = fold_dir / checkpoints.CHECKPOINT
+    start = start or start_weights.StartingWeights.none()
     torch.manual_seed(args.seed + fold)  # fresh weights for every fold, the same on a re-run
     model = fresh_model(args, len(aus), start, frozen_backbone)
     model.to(device)
@@ -387,16 +389,15 @@ def train_fold(fold: int, train_idx: np.ndarray, test_idx: np.ndarray, data: dat
 
     first, history, weights = args.start_epoch, [], start.record
     if ckpt_path.exists():
-        ckpt = runs.load_fold_checkpoint(ckpt_path, args, aus, fold, test_ids)
-        runs.upgrade_checkpoint(ckpt, model)
-        runs.load_model_state(model, ckpt, ckpt_path)
+        ckpt = checkpoints.load_fold_checkpoint(ckpt_path, args, aus, fold, test_ids)
+        checkpoints.load_model_state(model, ckpt, ckpt_path)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["lr_scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         first, history, weights = ckpt["epoch"] + 1, ckpt["history"], ckpt.get("weights", weights)
         if first >= args.epochs and ckpt["optimizer"]["state"]:
             # finished at a shorter --epochs than it was started with: slim it like any finished fold
-            runs.save_checkpoint({**ckpt, "optimizer": runs.slim_optimizer_state(ckpt["optimizer"])}, ckpt_path)
+            checkpoints.save_checkpoint({**ckpt, "optimizer": checkpoints.slim_optimizer_state(ckpt["optimizer"])}, ckpt_path)
         del ckpt  # its copy of the weights (hundreds of MB for vgg) need not live through the fold
         if first < args.epochs:
             restart = " (an --epochs extension of a finished fold: momentum restarts from zero)" \
@@ -424,9 +425,9 @@ def train_fold(fold: int, train_idx: np.ndarray, test_idx: np.ndarray, data: dat
         scheduler.step()
         seconds = time.perf_counter() - t0
         history.append({"epoch": epoch, "loss": loss, "lr": lr, "seconds": round(seconds, 3)})
-        runs.save_checkpoint(runs.fold_checkpoint(model, optimizer, scheduler, scaler, epoch=epoch, fold=fold,
-                                                  args=args, aus=aus, test_ids=test_ids, history=history,
-                                                  weights=weights, finished=epoch == args.epochs - 1), ckpt_path)
+        checkpoints.save_checkpoint(checkpoints.fold_checkpoint(
+            model, optimizer, scheduler, scaler, epoch=epoch, fold=fold, settings=runs.run_settings(args), aus=aus,
+            test_ids=test_ids, history=history, weights=weights, finished=epoch == args.epochs - 1), ckpt_path)
         utils.write_csv(fold_dir / "metrics.csv", ["epoch", "loss", "lr", "seconds"],
                         [[h["epoch"] + 1, h["loss"], h["lr"], h["seconds"]] for h in history])
         clock.epoch_done(seconds)
@@ -439,23 +440,23 @@ def train_fold(fold: int, train_idx: np.ndarray, test_idx: np.ndarray, data: dat
 
 
 def train_folds(args: argparse.Namespace, run_dir: Path, data: dataset.CKPlusDataset, aus: list[int],
-                folds: list[np.ndarray], device: torch.device, start: runs.StartingWeights | None) -> dict | None:
+                folds: list[np.ndarray], device: torch.device, start: start_weights.StartingWeights | None) -> dict | None:
     """The folds of an open run folder that are not finished (and --final), then the pooled results
     once every fold is in (printed, and returned)."""
     to_run = [args.fold] if args.fold is not None else list(range(args.kfold))
     fold_dirs = [run_dir / f"fold{k}" for k in range(args.kfold)]
     pending = [k for k in to_run
-               if not runs.fold_finished(fold_dirs[k], args, aus, k, [data.ids[i] for i in folds[k]])]
+               if not checkpoints.fold_finished(fold_dirs[k], args, aus, k, [data.ids[i] for i in folds[k]])]
     for k in sorted(set(to_run) - set(pending)):
         log.info("fold %d: finished earlier, kept", k)
 
     backbone = None
     trains = bool(pending) or (args.final and args.fold is None)
     if trains:
-        start = start or runs.starting_weights(args)
+        start = start or start_weights.starting_weights(args)
         log.info("weights: %s", ", ".join(f"{k} {v}" for k, v in start.record.items()))
     if args.freeze_backbone and trains:
-        backbone = runs.run_backbone(run_dir, args, len(aus), start)
+        backbone = start_weights.run_backbone(run_dir, args, len(aus), start)
         if args.weights == "none":
             log.warning("--freeze-backbone with --weights none trains a head on random features")
     inputs = make_inputs(data, args, device, backbone)
@@ -498,7 +499,7 @@ def train_folds(args: argparse.Namespace, run_dir: Path, data: dataset.CKPlusDat
     finished_before = set(to_run) - set(pending)  # checked above: their checkpoints need not be read again
     done = [k for k in range(args.kfold)
             if k in trained or k in finished_before
-            or runs.fold_finished(fold_dirs[k], args, aus, k, [data.ids[i] for i in folds[k]])]
+            or checkpoints.fold_finished(fold_dirs[k], args, aus, k, [data.ids[i] for i in folds[k]])]
     if len(done) < args.kfold:
         log.info("%d of %d folds done in %s (%s on disk); the run's results are written when the last fold "
                  "finishes", len(done), args.kfold, run_dir, utils.format_bytes(utils.folder_size(run_dir)))
@@ -511,10 +512,10 @@ def train_folds(args: argparse.Namespace, run_dir: Path, data: dataset.CKPlusDat
 
 
 def train_final(data, inputs: Inputs, aus: list[int], args, device: torch.device, run_dir: Path,
-                clock: Clock, backbone: dict | None, start: runs.StartingWeights | None) -> None:
+                clock: Clock, backbone: dict | None, start: start_weights.StartingWeights | None) -> None:
     """One more model on every sequence: the deployable model (the k-fold table stays the estimate)."""
     final_dir = run_dir / "final"
-    if runs.checkpoint_finished(final_dir / runs.CHECKPOINT, args, aus, args.kfold, []):
+    if checkpoints.checkpoint_finished(final_dir / checkpoints.CHECKPOINT, args, aus, args.kfold, []):
         return
     clock.epochs_left += args.epochs - args.start_epoch
     log.info("final model: training on all %d sequences", len(data))
@@ -533,14 +534,14 @@ def evaluate_checkpoints(args: argparse.Namespace, fold_dirs: list[Path], checkp
     index = {seq_id: i for i, seq_id in enumerate(data.ids)}
     parts = []
     for fold_dir in fold_dirs:
-        ckpt_path = checkpoint or fold_dir / runs.CHECKPOINT
-        ckpt = runs.load_fold_checkpoint(ckpt_path, args, aus, None, None)
+        ckpt_path = checkpoint or fold_dir / checkpoints.CHECKPOINT
+        ckpt = checkpoints.load_fold_checkpoint(ckpt_path, args, aus, None, None)
         missing = [s for s in ckpt["test_ids"] if s not in index]
         if missing:
             raise UserError(f"checkpoint {ckpt_path} was tested on {missing[0]}, which is not in the data given: "
                             f"point at the same CK+ copy")
         test_idx = torch.tensor([index[s] for s in ckpt["test_ids"]], dtype=torch.long)
-        model = runs.build_trained_model(ckpt, ckpt_path).to(device)
+        model = checkpoints.build_trained_model(ckpt, ckpt_path).to(device)
         probs = evaluate(model, inputs, test_idx, device, args.batch_size, args.amp, args.tta)
         part = (ckpt["test_ids"], [data.subjects[i] for i in test_idx], [ckpt["fold"]] * len(test_idx),
                 data.labels[test_idx].numpy(), probs)

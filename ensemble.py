@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import checkpoints
 import engine
 import geometry
 import models
@@ -69,14 +70,14 @@ def checkpoint_paths(path: Path) -> tuple[list[Path], str | None]:
         raise UserError(f"{path} does not exist: give a run folder main.py wrote, or a checkpoint.pth in one")
     if path.is_file():
         return [path], None
-    final = path / "final" / runs.CHECKPOINT
+    final = path / "final" / checkpoints.CHECKPOINT
     if final.is_file():
         return [final], "final"
-    folds = sorted((p for p in path.glob(f"fold*/{runs.CHECKPOINT}") if p.parent.name[4:].isdigit()),
+    folds = sorted((p for p in path.glob(f"fold*/{checkpoints.CHECKPOINT}") if p.parent.name[4:].isdigit()),
                    key=lambda p: int(p.parent.name[4:]))
     if not folds:
-        raise UserError(f"{path} holds no trained model (no final/{runs.CHECKPOINT}, no "
-                        f"fold<k>/{runs.CHECKPOINT}): give a run folder main.py trained, or one of its checkpoints")
+        raise UserError(f"{path} holds no trained model (no final/{checkpoints.CHECKPOINT}, no "
+                        f"fold<k>/{checkpoints.CHECKPOINT}): give a run folder main.py trained, or one of its checkpoints")
     if len(folds) == 1:
         return folds, f"{folds[0].parent.name} checkpoint"
     return folds, f"mean of {len(folds)} folds"
@@ -86,7 +87,7 @@ def open_ensemble(path: Path, threshold: float | None, tta: str | None = None) -
     """Which models predict, with the settings their inputs need; reads the first checkpoint
     (Ensemble.load loads the models). `tta` None: the run's own test-time augmentation."""
     paths, description = checkpoint_paths(path)
-    ckpt = runs.load_checkpoint(paths[0])
+    ckpt = checkpoints.load_checkpoint(paths[0])
     settings = ckpt.get("args")
     if not isinstance(settings, dict) or any(k not in settings for k in INPUT_SETTINGS):
         raise UserError(f"{paths[0]} holds no run settings (crop, image size, normalisation): it was not written "
@@ -127,7 +128,7 @@ def check_same_run(ckpt: dict, path: Path, ensemble: Ensemble) -> None:
 
 def load_member(ensemble: Ensemble, path: Path) -> models.AUNet:
     """One of the ensemble's models, checked to belong to the run, on the CPU."""
-    model, ckpt = runs.load_trained_model(path)
+    model, ckpt = checkpoints.load_trained_model(path)
     check_same_run(ckpt, path, ensemble)
     epochs = ckpt.get("args", {}).get("epochs")
     if epochs and ckpt["epoch"] + 1 < epochs:

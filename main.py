@@ -5,7 +5,7 @@
     python main.py --demo                                              # synthetic CK+, a few minutes on a CPU
 
 Only the command line: the arguments, then `train` and `evaluate_run`, which call the library
-(engine.py trains, runs.py keeps the run folder and its checkpoints, metrics.py scores).
+(engine.py trains, runs.py keeps the run folder, checkpoints.py its checkpoints, metrics.py scores).
 """
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ import shlex
 import sys
 from pathlib import Path
 
+import checkpoints
 import ckplus
+import crop_cache
 import dataset
 import engine
 import intervals
@@ -27,6 +29,7 @@ import models
 import preprocess
 import runs
 import seeds
+import start_weights
 import utils
 from utils import UserError
 
@@ -70,7 +73,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.add_argument("--skip-bad", action="store_true", help="skip bad sequences with a warning instead of stopping")
     d.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="where face crops (and the demo's synthetic CK+) are cached; crops beyond "
-                        f"${dataset.CACHE_LIMIT_ENV} MiB ({dataset.DEFAULT_CACHE_LIMIT_MB} unless set) go least "
+                        f"${crop_cache.CACHE_LIMIT_ENV} MiB ({crop_cache.DEFAULT_CACHE_LIMIT_MB} unless set) go least "
                         "recently used first (default: $XDG_CACHE_HOME/au-recognition, or ~/.cache/au-recognition)")
     d.add_argument("--no-cache", action="store_true", help="do not read or write the crop cache")
 
@@ -204,7 +207,7 @@ def fill_defaults(args: argparse.Namespace) -> None:
         args.geometry = True
     if args.weights.lower() == "none":
         args.weights = "none"
-    elif not runs.is_weights_name(args.weights):
+    elif not start_weights.is_weights_name(args.weights):
         args.weights = str(Path(args.weights).resolve())  # a file: found again from any folder on --resume
 
 
@@ -271,7 +274,7 @@ def train(args: argparse.Namespace) -> dict | None:
         runs.check_run_dir(run_dir, args)
     models.check_input_size(args.model, args.image_size, args.freeze_backbone)
     # A bad --weights fails before any data is read; a resumed run reads its file only if a fold still trains.
-    start = None if resume_dir else runs.starting_weights(args)
+    start = None if resume_dir else start_weights.starting_weights(args)
     if args.freeze_backbone and args.backbone_lr != 1.0:
         log.warning("--backbone-lr has no effect with --freeze-backbone: only the head trains")
     data, aus = engine.load_data(args)
@@ -304,7 +307,7 @@ def evaluate_run(args: argparse.Namespace) -> dict:
         if path.is_file() and fold_from_ckpt != args.fold:
             raise UserError(f"--fold {args.fold}: {path} is the checkpoint of "
                             f"{'the final model' if fold_from_ckpt is None else f'fold {fold_from_ckpt}'}; drop --fold")
-        path = run_dir / f"fold{args.fold}" / runs.CHECKPOINT
+        path = run_dir / f"fold{args.fold}" / checkpoints.CHECKPOINT
         if not path.is_file():
             raise UserError(f"--fold {args.fold}: {path} does not exist: train that fold first "
                             f"(--resume {run_dir} --fold {args.fold})")
@@ -317,7 +320,7 @@ def evaluate_run(args: argparse.Namespace) -> dict:
         args.tta = asked_tta
     fill_defaults(args)
     if path.is_dir():
-        missing = [k for k in range(args.kfold) if not (run_dir / f"fold{k}" / runs.CHECKPOINT).is_file()]
+        missing = [k for k in range(args.kfold) if not (run_dir / f"fold{k}" / checkpoints.CHECKPOINT).is_file()]
         if len(missing) == args.kfold:
             raise UserError(f"{run_dir} holds no fold checkpoints: train it first")
         if missing:  # a pooled number over k-1 folds would pass for the run's result
@@ -325,7 +328,7 @@ def evaluate_run(args: argparse.Namespace) -> dict:
             raise UserError(f"{run_dir} has no checkpoint for {names} of its {args.kfold} folds, so there is no "
                             f"{args.kfold}-fold result to evaluate: train the missing folds with --resume {run_dir} "
                             f"--fold {missing[0]}, or evaluate one fold with -e --resume "
-                            f"{run_dir / f'fold{min(set(range(args.kfold)) - set(missing))}' / runs.CHECKPOINT}")
+                            f"{run_dir / f'fold{min(set(range(args.kfold)) - set(missing))}' / checkpoints.CHECKPOINT}")
     out_dir = Path(args.output_dir) if args.output_dir else (
         run_dir / "evaluate" if path.is_dir() else path.parent / "evaluate")
     if (out_dir / "args.json").is_file():

@@ -1,48 +1,33 @@
-"""A run folder and what it holds: args.json, the checkpoint format, resume and rebuilding a model.
+"""A run folder: args.json, new and resumed runs, --epochs extensions, the pooled results.
 
-One checkpoint format, built by `fold_checkpoint` and read by `load_checkpoint` (with a
-`"version"` key, checked on load). A run folder is made once its data and folds are known to
-work; `--resume`, `-e` and predict.py find their way back into it from here.
+A run folder is made once its data and folds are known to work; `--resume`, `-e` and
+predict.py find their way back into it from here. What the checkpoints in it hold is
+checkpoints.py's; the weights a run starts from are start_weights.py's.
 
     RUN_DIR/args.json                the run's settings (RUN_SETTINGS), data folders, command line
-    RUN_DIR/foldK/checkpoint.pth     fold K's model, optimizer, schedule, epoch, history, test IDs,
-                                     the weights it started from
+    RUN_DIR/foldK/                   fold K: checkpoint.pth, predictions.csv, metrics.csv
     RUN_DIR/backbone.pth             with --freeze-backbone: the one frozen backbone of every fold
-    RUN_DIR/final/checkpoint.pth     with --final: the model trained on every sequence
+    RUN_DIR/final/                   with --final: the model trained on every sequence
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
-import re
 import shlex
 import sys
-import warnings
-import zipfile
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
+import checkpoints
 import dataset
 import intervals
 import metrics
-import models
+import start_weights
 import utils
 from utils import UserError
-
-CHECKPOINT = "checkpoint.pth"
-BACKBONE = "backbone.pth"
-# Bumped when a checkpoint's keys change meaning; files without the key predate it (format 1).
-# 3: the optimizer has two parameter groups (backbone, head) and "weights" says what the
-# model started from; `upgrade_checkpoint` reads formats 1 and 2 as format 3.
-FORMAT_VERSION = 3
-CHECKPOINT_KEYS = ("model", "epoch", "aus", "arch")
 
 # Flags that describe how a run is trained: saved in args.json, fixed for the life of a
 # run. The rest (device, workers, paths, verbosity) may change when a run is resumed.
@@ -76,323 +61,6 @@ def saved_settings(saved: dict) -> dict:
     for key, value in LEGACY_SETTINGS.items():
         saved.setdefault(key, value)
     return saved
-
-
-# ----------------------------------------------------------------------------- checkpoint files
-
-
-def state_bytes(state) -> int:
-    """The bytes of every tensor in a (nested) checkpoint dict: what torch.save writes, give or take
-    a few KB of zip headers and pickled keys. Works on meta tensors too (sizes without memory)."""
-    if isinstance(state, torch.Tensor):
-        return state.numel() * state.element_size()
-    if isinstance(state, dict):
-        return sum(state_bytes(v) for v in state.values())
-    if isinstance(state, (list, tuple)):
-        return sum(state_bytes(v) for v in state)
-    return 0
-
-
-def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """torch.save `state` atomically: a crash mid-save never replaces a good checkpoint with half of one.
-    A full disk is a `utils.DiskFull` naming the folder and the checkpoint's size."""
-    return utils.write_atomically(path, lambda f: torch.save(state, f), size=state_bytes(state))
-
-
-def torch_load_safely(path: Path):
-    """torch.load onto the CPU with weights_only=True: tensors and plain data only, so a file crafted
-    to run code when unpickled is refused before anything in it runs."""
-    with warnings.catch_warnings():
-        # torch warns about the pickle protocol of files it did not write; our errors say it better
-        warnings.filterwarnings("ignore", message="Detected pickle protocol")
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def load_checkpoint(path: str | os.PathLike, required: Sequence[str] = CHECKPOINT_KEYS) -> dict:
-    """Load a checkpoint written by `save_checkpoint`, safely, onto the CPU.
-
-    weights_only=True means only tensors and plain data are rebuilt: a file crafted to run code
-    when unpickled is refused before anything in it runs. Every failure is a UserError naming the
-    file and what to do.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"checkpoint {path} does not exist: check the path")
-    if path.is_dir():
-        raise UserError(f"checkpoint {path} is a directory: give the checkpoint file (e.g. {path / 'checkpoint.pth'})")
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise UserError(f"checkpoint {path} cannot be read ({e.strerror}): check its permissions") from e
-    if magic != b"PK\x03\x04":  # torch.save writes a zip archive
-        what = "is empty" if not magic else "is not a PyTorch file"
-        raise UserError(f"{path} {what}, so not a checkpoint: give a checkpoint.pth written by main.py")
-    try:
-        state = torch_load_safely(path)
-    except PermissionError as e:
-        raise UserError(f"checkpoint {path} cannot be read ({e.strerror}): check its permissions") from e
-    except Exception as e:
-        refused = re.search(r"GLOBAL ([\w.]+)", str(e)) if "Weights only load failed" in str(e) else None
-        if refused:
-            raise UserError(
-                f"checkpoint {path} was refused: it holds objects other than tensors and plain data "
-                f"({refused.group(1)}), which could run code when loaded; nothing in it was executed. "
-                f"Use only checkpoints written by main.py"
-            ) from e
-        if "PytorchStreamReader" in str(e) or isinstance(e, (EOFError, zipfile.BadZipFile)):
-            raise UserError(f"checkpoint {path} is truncated or damaged (an interrupted copy?): copy it again, "
-                            f"or delete it and resume the run to retrain that fold") from e
-        raise UserError(
-            f"{path} is not a readable checkpoint (truncated or not written by main.py): {utils.first_line(e, limit=160, with_type=True)}"
-        ) from e
-    if not isinstance(state, dict):
-        raise UserError(f"{path} is not an AU checkpoint (it holds a {type(state).__name__}, not a dict): "
-                        f"give a checkpoint written by main.py")
-    missing = [key for key in required if key not in state]
-    if missing:
-        raise UserError(f"{path} is not an AU checkpoint (missing keys {', '.join(missing)}): "
-                        f"give a checkpoint written by main.py")
-    version = state.get("version", 1)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise UserError(f"checkpoint {path} has format version {version}, newer than this program reads "
-                        f"({FORMAT_VERSION}): update this program to the one that wrote it")
-    return state
-
-
-
-
-def fold_checkpoint(model: models.AUNet, optimizer, scheduler, scaler, *, epoch: int, fold: int, args,
-                    aus: Sequence[int], test_ids: list[str], history: list[dict], weights: dict,
-                    finished: bool = False) -> dict:
-    """The one checkpoint format: everything `--resume`, `-e` and predict.py read back.
-
-    A frozen backbone is left out (the run's backbone.pth holds it once). `weights`: what the
-    model started from (`StartingWeights.record`). A `finished` fold keeps its optimizer's
-    settings but not its per-parameter state (SGD's momentum, as large as the model): -e and
-    predict.py need only the weights, and an --epochs extension restarts momentum from zero,
-    which halves what a run keeps on disk."""
-    return {
-        "version": FORMAT_VERSION, "model": model_state(model), "frozen_backbone": model.frozen,
-        "optimizer": slim_optimizer_state(optimizer.state_dict()) if finished else optimizer.state_dict(),
-        "lr_scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-        "epoch": epoch, "fold": fold, "kfold": args.kfold, "arch": args.model, "aus": list(aus),
-        "args": run_settings(args), "test_ids": test_ids, "history": history, "weights": weights,
-    }
-
-
-def slim_optimizer_state(state: dict) -> dict:
-    """An optimizer state dict without its per-parameter buffers (learning rates etc. stay)."""
-    return {**state, "state": {}}
-
-
-def upgrade_checkpoint(ckpt: dict, model: models.AUNet) -> None:
-    """Read a format 1 or 2 checkpoint as format 3, in place, to resume it: its optimizer's one
-    parameter group (the backbone's parameters, then the head's, in model order) becomes
-    the backbone and head groups `engine.make_optimizer` builds, at the same learning rate."""
-    if ckpt.get("version", 1) >= 3:
-        return
-    groups = ckpt["optimizer"]["param_groups"]
-    backbone = sum(1 for p in model.backbone.parameters() if p.requires_grad)
-    if len(groups) == 1 and backbone:
-        group = groups[0]
-        ckpt["optimizer"]["param_groups"] = [{**group, "params": group["params"][:backbone], "name": "backbone"},
-                                             {**group, "params": group["params"][backbone:], "name": "head"}]
-        schedule = ckpt["lr_scheduler"]
-        for key in ("base_lrs", "_last_lr"):
-            if len(schedule.get(key) or []) == 1:
-                schedule[key] = schedule[key] * 2
-    elif len(groups) == 1:
-        groups[0]["name"] = "head"
-    ckpt["args"] = saved_settings(ckpt.get("args", {}))
-
-
-def model_state(model: models.AUNet) -> dict:
-    """What a checkpoint keeps of a model: everything, or only the head when the backbone is frozen."""
-    state = model.state_dict()
-    if model.frozen:
-        state = {k: v for k, v in state.items() if not k.startswith("backbone.")}
-    return state
-
-
-def load_model_state(model: models.AUNet, ckpt: dict, path: Path) -> None:
-    try:
-        if ckpt.get("frozen_backbone"):
-            missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
-            if unexpected or any(not k.startswith("backbone.") for k in missing):
-                raise UserError(f"checkpoint {path} does not fit a {ckpt['arch']} AU head (missing {missing[:3]}, "
-                                f"unexpected {unexpected[:3]}): retrain")
-        else:
-            model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise UserError(f"checkpoint {path} does not fit a {ckpt['arch']} model with {len(ckpt['aus'])} AUs: "
-                        f"{utils.first_line(e)}") from None
-
-
-def load_fold_checkpoint(path: Path, args, aus: list[int], fold: int | None, test_ids: list[str] | None) -> dict:
-    """A fold checkpoint that belongs to this run, or one clear error saying why not."""
-    ckpt = load_checkpoint(path)
-    if ckpt["arch"] != args.model:
-        raise UserError(f"checkpoint {path} is a {ckpt['arch']} model, not {args.model}: pass the matching --model "
-                        f"or another checkpoint")
-    if list(ckpt["aus"]) != list(aus):
-        raise UserError(f"checkpoint {path} recognises AUs {ckpt['aus']}, not {aus}: drop --aus/--min-count or use "
-                        f"another checkpoint")
-    if fold is not None and ckpt.get("fold") != fold:
-        raise UserError(f"checkpoint {path} is fold {ckpt.get('fold')}, not fold {fold}: check the run folder")
-    if test_ids is not None and list(ckpt.get("test_ids", [])) != test_ids:
-        raise UserError(f"checkpoint {path} was tested on other sequences than this fold: the data changed since the "
-                        f"run started; start a new run")
-    return ckpt
-
-
-def checkpoint_finished(path: Path, args, aus: list[int], fold: int, test_ids: list[str]) -> bool:
-    """The checkpoint belongs to this run and fold (or is the final model) and reached the last epoch."""
-    return path.is_file() and load_fold_checkpoint(path, args, aus, fold, test_ids)["epoch"] >= args.epochs - 1
-
-
-def fold_finished(fold_dir: Path, args, aus: list[int], fold: int, test_ids: list[str]) -> bool:
-    """A fold is finished when its predictions exist and its checkpoint reached the last epoch."""
-    return (fold_dir / "predictions.csv").is_file() and checkpoint_finished(fold_dir / CHECKPOINT, args, aus, fold,
-                                                                            test_ids)
-
-
-# ----------------------------------------------------------------------------- models from a run
-
-
-# ----------------------------------------------------------------------------- the weights a run starts from
-
-
-@dataclass
-class StartingWeights:
-    """What --weights means for a run: torchvision's weights `name` (IMAGENET1K_V1, ...), a
-    backbone `state` taken from a file, or neither (random); `record` is what checkpoints and
-    results.json keep of it."""
-
-    name: str | None = None
-    state: dict | None = field(default=None, repr=False)
-    record: dict = field(default_factory=lambda: {"weights": "none"})
-
-    @classmethod
-    def none(cls) -> StartingWeights:
-        return cls()
-
-    def build(self, arch: str, num_aus: int, freeze_backbone: bool, geometry: bool = False) -> models.AUNet:
-        """A model of `arch` whose backbone starts from these weights, with a fresh AU head (and
-        with `geometry`, a fresh landmark branch)."""
-        return models.build_model(arch, num_aus, pretrained=self.name is not None, weights=self.name or "DEFAULT",
-                                  freeze_backbone=freeze_backbone, backbone_state=self.state, geometry=geometry)
-
-
-def is_weights_name(value: str) -> bool:
-    """--weights VALUE names weights (none, DEFAULT, IMAGENET1K_V1, ...) rather than a file: it
-    has no path separator and no file suffix, and no such file exists."""
-    return not Path(value).exists() and "/" not in value and "\\" not in value and not Path(value).suffix
-
-
-def describe_weights(args: argparse.Namespace) -> dict:
-    """What --weights means, without reading any file: for results.json and the log."""
-    value = args.weights
-    if value.lower() == "none":
-        return {"weights": "none"}
-    if is_weights_name(value):
-        name = models.resolve_weights(args.model, value)
-        return {"weights": name, "file": models.weights_file(args.model, name)[0]}
-    return {"weights": "file", "file": str(Path(value).resolve())}
-
-
-def starting_weights(args: argparse.Namespace) -> StartingWeights:
-    """Check --weights and read a weights file (once per run); a UserError names what is wrong."""
-    record = describe_weights(args)
-    if record["weights"] == "none":
-        return StartingWeights.none()
-    if record["weights"] != "file":
-        return StartingWeights(name=record["weights"], record=record)
-    path = Path(args.weights)
-    state, kind = read_weights_file(path, args.model)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return StartingWeights(state=state, record={**record, "kind": kind, "sha256": digest})
-
-
-def read_weights_file(path: Path, model: str) -> tuple[dict, str]:
-    """--weights FILE -> (the backbone's state dict for `model`, what the file was).
-
-    A plain state dict of torchvision's model (its classifier is dropped), or a checkpoint of
-    an earlier run of this program (its backbone; a frozen run's comes from its backbone.pth).
-    Loaded with weights_only=True: tensors and plain data only, never code."""
-    if not path.exists():
-        raise UserError(f"--weights {path} does not exist: give a weights name of {model} "
-                        f"({', '.join(models.weights_names(model)) or 'none'}), none, or a weights file")
-    if path.is_dir():
-        raise UserError(f"--weights {path} is a folder: give a file, e.g. {path / 'final' / CHECKPOINT}")
-    try:
-        state = torch_load_safely(path)
-    except Exception as e:
-        raise UserError(f"--weights {path} is not a readable PyTorch weights file ({utils.first_line(e, limit=160, with_type=True)}): give a state "
-                        f"dict of {model} or a checkpoint of this program") from e
-    if isinstance(state, dict) and all(k in state for k in CHECKPOINT_KEYS):
-        arch = state["arch"]
-        if models.resolve_arch(str(arch)) != models.resolve_arch(model):
-            raise UserError(f"--weights {path} is a checkpoint of a {arch} run, not of {model}: pass --model {arch}, "
-                            f"or give a {model} file")
-        if state.get("frozen_backbone"):
-            backbone_path = path.parent.parent / BACKBONE
-            if not backbone_path.is_file():
-                raise UserError(f"--weights {path} trained a head on a frozen backbone, and {backbone_path} is "
-                                f"missing: keep the checkpoint inside its run folder")
-            return load_checkpoint(backbone_path, required=("backbone", "arch"))["backbone"], "run checkpoint"
-        prefix = "backbone."
-        return {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}, "run checkpoint"
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"--weights {path} holds neither a state dict of {model} nor a checkpoint of this program: "
-                        f"give one of those")
-    return models.backbone_state(model, state, str(path)), "state dict"
-
-
-def run_backbone(run_dir: Path, args, num_aus: int, start: StartingWeights) -> dict:
-    """The frozen backbone's weights, the same for every fold of a run: built once (--weights,
-    or random from --seed) and saved as RUN_DIR/backbone.pth, so fold checkpoints hold only
-    the head and a resumed or evaluated run uses exactly the same features."""
-    path = run_dir / BACKBONE
-    if path.is_file():
-        state = load_checkpoint(path, required=("backbone", "arch"))
-        if state["arch"] != args.model:
-            raise UserError(f"{path} is a {state['arch']} backbone, not {args.model}: it belongs to another run")
-        return state["backbone"]
-    torch.manual_seed(args.seed)
-    model = start.build(args.model, num_aus, freeze_backbone=True)
-    state = model.backbone.state_dict()
-    save_checkpoint({"version": FORMAT_VERSION, "backbone": state, "arch": args.model,
-                     "pretrained": start.record["weights"] != "none", "weights": start.record}, path)
-    return state
-
-
-def build_trained_model(ckpt: dict, path: Path) -> models.AUNet:
-    """The trained model a fold (or final) checkpoint describes, on the CPU, in eval mode.
-
-    `path` is the checkpoint's file; a frozen-backbone checkpoint takes its backbone from
-    the run folder two levels up (RUN_DIR/foldK/checkpoint.pth -> RUN_DIR/backbone.pth)."""
-    backbone = None
-    if ckpt.get("frozen_backbone"):
-        backbone_path = Path(path).parent.parent / BACKBONE
-        if not backbone_path.is_file():
-            raise UserError(f"checkpoint {path} trained a head on a frozen backbone, and {backbone_path} is missing: "
-                            f"keep the checkpoint inside its run folder")
-        backbone = load_checkpoint(backbone_path, required=("backbone", "arch"))["backbone"]
-    try:
-        model = models.build_model(ckpt["arch"], len(ckpt["aus"]), pretrained=False,
-                                   freeze_backbone=bool(ckpt.get("frozen_backbone")), backbone_state=backbone,
-                                   geometry=bool(saved_settings(ckpt.get("args", {}))["geometry"]))
-    except UserError as e:
-        raise UserError(f"checkpoint {path}: {e}") from None
-    load_model_state(model, ckpt, path)
-    return model.eval()
-
-
-def load_trained_model(path: str | Path) -> tuple[models.AUNet, dict]:
-    """A checkpoint written by main.py -> (model in eval mode on the CPU, the checkpoint dict)."""
-    ckpt = load_checkpoint(path)
-    return build_trained_model(ckpt, Path(path)), ckpt
 
 
 # ----------------------------------------------------------------------------- the run folder
@@ -494,9 +162,9 @@ def epochs_done(run_dir: Path, kfold: int) -> dict[str, int]:
     """Epochs each fold (and the final model) has trained, from their checkpoints, by folder name."""
     done = {}
     for name in [f"fold{k}" for k in range(kfold)] + ["final"]:
-        path = run_dir / name / CHECKPOINT
+        path = run_dir / name / checkpoints.CHECKPOINT
         if path.is_file():
-            done[name] = load_checkpoint(path)["epoch"] + 1
+            done[name] = checkpoints.load_checkpoint(path)["epoch"] + 1
     return done
 
 
@@ -528,7 +196,7 @@ def locate_run(path: Path) -> tuple[Path, int | None]:
         if not (path / "args.json").is_file():
             raise UserError(f"--resume {path} is not a run folder (no args.json): give the folder main.py created")
         return path, None
-    ckpt = load_checkpoint(path)
+    ckpt = checkpoints.load_checkpoint(path)
     run_dir = path.parent.parent
     if not (run_dir / "args.json").is_file():
         raise UserError(f"checkpoint {path} is not inside a run folder (no {run_dir / 'args.json'})")
@@ -582,7 +250,7 @@ def write_results(out_dir: Path, args: argparse.Namespace, aus: list[int], parts
     results = {
         "model": args.model, "aus": list(aus), "split": args.split, "kfold": args.kfold, "folds": covers,
         "protocol": protocol(args, covers),
-        "pretrained": args.weights.lower() != "none", "weights": describe_weights(args),
+        "pretrained": args.weights.lower() != "none", "weights": start_weights.describe_weights(args),
         "freeze_backbone": args.freeze_backbone, "epochs": args.epochs, "loss": args.loss, "frames": args.frames,
         "tta": args.tta, "geometry": args.geometry, "crop_fill": args.crop_fill,
         "image_size": args.image_size, "crop": args.crop, "sequences": len(ids),

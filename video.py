@@ -14,7 +14,7 @@ from typing import BinaryIO, Iterator
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-import dataset
+import crop_cache
 import utils
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
@@ -137,7 +137,7 @@ class VideoReader:
 
 
 def read_image(path: Path) -> Image.Image:
-    """Decode a photo as a viewer shows it (EXIF rotation applied); raises one of dataset.DECODE_ERRORS."""
+    """Decode a photo as a viewer shows it (EXIF rotation applied); raises one of crop_cache.DECODE_ERRORS."""
     with Image.open(path) as img:
         img.load()
         return ImageOps.exif_transpose(img)
@@ -156,7 +156,7 @@ class PhotoReader:
             self.image = read_image(path)
         except UnidentifiedImageError:
             raise VideoError("not an image file Pillow can decode") from None
-        except dataset.DECODE_ERRORS as e:
+        except crop_cache.DECODE_ERRORS as e:
             raise VideoError(f"{type(e).__name__}: {utils.first_line(e)}") from None
         self.decoded = 0
 

@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+import checkpoints  # noqa: E402
 import ckplus  # noqa: E402
 import dataset  # noqa: E402
 import engine  # noqa: E402
@@ -360,14 +361,15 @@ def bench_finetune(data: dataset.CKPlusDataset, args, device: torch.device, work
     checkpoint_s, size = [], 0
     for epoch in range(args.repeats):
         # what train_fold writes after every epoch of a fine-tuned (unfrozen) fold
-        state = runs.fold_checkpoint(model, optimizer, scheduler, scaler, epoch=epoch, fold=0, args=ns,
-                                     aus=data.aus, test_ids=data.ids[:60], weights={"weights": "none"},
-                                     history=[{"epoch": e, "loss": 0.5, "lr": 0.01, "seconds": 1.0}
-                                              for e in range(epoch + 1)])
+        state = checkpoints.fold_checkpoint(model, optimizer, scheduler, scaler, epoch=epoch, fold=0,
+                                            settings=runs.run_settings(ns), aus=data.aus, test_ids=data.ids[:60],
+                                            weights={"weights": "none"},
+                                            history=[{"epoch": e, "loss": 0.5, "lr": 0.01, "seconds": 1.0}
+                                                     for e in range(epoch + 1)])
         t0 = time.perf_counter()
-        runs.save_checkpoint(state, ckpt_dir / runs.CHECKPOINT)
+        checkpoints.save_checkpoint(state, ckpt_dir / checkpoints.CHECKPOINT)
         checkpoint_s.append(time.perf_counter() - t0)
-        size = (ckpt_dir / runs.CHECKPOINT).stat().st_size
+        size = (ckpt_dir / checkpoints.CHECKPOINT).stat().st_size
     shutil.rmtree(ckpt_dir)
     epoch_s = train_images / loop_img_s
     result = {

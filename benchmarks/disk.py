@@ -4,11 +4,11 @@
     python benchmarks/disk.py --models alexnet --measure  # also save real checkpoints and compare
 
 Sizes are computed, not trained: each model is built on the meta device (shapes, no memory) and
-its checkpoint's tensors are counted with `runs.state_bytes`, the estimate `main.py` also uses to
+its checkpoint's tensors are counted with `checkpoints.state_bytes`, the estimate `main.py` also uses to
 say how much space a checkpoint needs. A finished fold's checkpoint holds the weights (model and
 buffers) only; a fold still training also holds SGD's momentum, one buffer per trainable weight.
 With --freeze-backbone the run keeps the backbone once (backbone.pth) and each fold only its head.
-`--measure` builds the models for real, writes the two checkpoints with `runs.save_checkpoint` into
+`--measure` builds the models for real, writes the two checkpoints with `checkpoints.save_checkpoint` into
 a temporary folder and prints their file sizes beside the estimates.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+import checkpoints  # noqa: E402
 import models  # noqa: E402
-import runs  # noqa: E402
 import utils  # noqa: E402
 
 
@@ -46,9 +46,9 @@ def sizes(name: str, num_aus: int) -> dict:
     with torch.device("meta"):
         model = models.build_model(name, num_aus, pretrained=False)
     state = model.state_dict()
-    weights = runs.state_bytes(state)
+    weights = checkpoints.state_bytes(state)
     momentum = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    head = runs.state_bytes({k: v for k, v in state.items() if not k.startswith("backbone.")})  # runs.model_state
+    head = checkpoints.state_bytes({k: v for k, v in state.items() if not k.startswith("backbone.")})  # checkpoints.model_state
     return {"parameters": sum(p.numel() for p in model.parameters()), "finished": weights,
             "training": weights + momentum, "backbone": weights - head, "head": head}
 
@@ -65,8 +65,8 @@ def measure(name: str, num_aus: int, folder: Path) -> dict:
     for key, finished in (("finished", True), ("training", False)):
         optim_state = optimizer.state_dict()
         state = {"model": model.state_dict(),
-                 "optimizer": runs.slim_optimizer_state(optim_state) if finished else optim_state}
-        out[key] = runs.save_checkpoint(state, folder / f"{name}-{key}.pth").stat().st_size
+                 "optimizer": checkpoints.slim_optimizer_state(optim_state) if finished else optim_state}
+        out[key] = checkpoints.save_checkpoint(state, folder / f"{name}-{key}.pth").stat().st_size
     return out
 
 

@@ -50,7 +50,7 @@ def test_bench_reports_every_figure(tmp_path):
 
 def test_disk_table_estimates_match_real_checkpoints():
     """benchmarks/disk.py (the README's disk table) computes sizes from the models' tensors; the
-    files runs.save_checkpoint writes are within 1% of them."""
+    files checkpoints.save_checkpoint writes are within 1% of them."""
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "disk.py"), "--models", "squeezenet1_1",
                            "--kfold", "3", "--measure"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

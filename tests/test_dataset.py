@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import crop_cache
 import dataset
 from ckplus_tree import Tree, face_landmarks, fields
 import utils
@@ -198,8 +199,8 @@ def test_undecodable_image_names_the_file(tree, tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)  # truncated
     recs = index(tree)
     with pytest.raises(dataset.DataError, match="S005_002_00000005.png will not decode"):
-        dataset.load_crops(recs, size=32)
-    kept, crops = dataset.load_crops(recs, size=32, skip_bad=True)
+        crop_cache.load_crops(recs, size=32)
+    kept, crops = crop_cache.load_crops(recs, size=32, skip_bad=True)
     assert [r.id for r in kept] == ["S005_001", "S010_001"] and crops.shape == (2, 32, 32)
 
 
@@ -223,7 +224,7 @@ def test_cache_hit_decodes_no_png(tree, tmp_path, monkeypatch):
     def no_decode(*a, **k):
         raise AssertionError("a PNG was decoded on a warm cache")
 
-    monkeypatch.setattr(dataset.Image, "open", no_decode)
+    monkeypatch.setattr(crop_cache.Image, "open", no_decode)
     second = dataset.CKPlusDataset(index(tree), [1, 25], size=24, cache_dir=cache)
     assert second.ids == first.ids
     assert (second.images == first.images).all()
@@ -235,26 +236,26 @@ def test_cache_hit_decodes_no_png(tree, tmp_path, monkeypatch):
 def test_stale_and_corrupt_cache_is_rebuilt(tree, tmp_path, caplog):
     cache = tmp_path / "cache"
     recs = index(tree)
-    dataset.load_crops(recs, size=24, cache_dir=cache)
+    crop_cache.load_crops(recs, size=24, cache_dir=cache)
     # a frame replaced on disk: new size/mtime, so the old entry is not used
     frame = tree.images / "S005" / "001" / "S005_001_00000003.png"
     Image.fromarray(np.full((490, 640), 250, np.uint8)).save(frame)
     os.utime(frame, ns=(1, 1))
-    _, crops = dataset.load_crops(index(tree), size=24, cache_dir=cache)
+    _, crops = crop_cache.load_crops(index(tree), size=24, cache_dir=cache)
     assert crops[0, 12, 12] == 250
     # a corrupt cache file is rebuilt with a warning
     for f in cache.glob("crops-*.npz"):
         f.write_bytes(b"not a zip")
     with caplog.at_level(logging.WARNING, logger=utils.LOGGER_NAME):
-        _, again = dataset.load_crops(index(tree), size=24, cache_dir=cache)
+        _, again = crop_cache.load_crops(index(tree), size=24, cache_dir=cache)
     assert "rebuilding" in caplog.text
     np.testing.assert_array_equal(again, crops)
 
 
 def test_parallel_workers_give_the_same_crops(tree):
     recs = index(tree)
-    _, serial = dataset.load_crops(recs, size=24)
-    _, parallel = dataset.load_crops(recs, size=24, workers=2)
+    _, serial = crop_cache.load_crops(recs, size=24)
+    _, parallel = crop_cache.load_crops(recs, size=24, workers=2)
     np.testing.assert_array_equal(serial, parallel)
 
 
@@ -267,25 +268,25 @@ def test_crop_cache_is_bounded_least_recently_used_first(tree, tmp_path, monkeyp
     demo.write_bytes(b"\0" * 3_000_000)  # bigger than the limit: not a crop file, not counted, kept
     (cache / "notes.txt").write_text("mine")
     recs = index(tree)
-    dataset.load_crops(recs, size=224, cache_dir=cache)  # A: 3 crops of 224x224, about 150 KB
+    crop_cache.load_crops(recs, size=224, cache_dir=cache)  # A: 3 crops of 224x224, about 150 KB
     (a,) = cache.glob("crops-*.npz")
     filler = cache / "crops-0000000000000000000f.npz"  # another tree's crops, used after A
     filler.write_bytes(b"\0" * 600_000)
     os.utime(a, ns=(10**18, 10**18))
     os.utime(filler, ns=(11 * 10**17, 11 * 10**17))  # both long ago, the filler later
 
-    dataset.load_crops(index(tree), size=224, cache_dir=cache)  # a hit on A: now the most recent
+    crop_cache.load_crops(index(tree), size=224, cache_dir=cache)  # a hit on A: now the most recent
     assert a.stat().st_mtime_ns > filler.stat().st_mtime_ns
-    monkeypatch.setenv(dataset.CACHE_LIMIT_ENV, "0.8")  # 838 KB: A + filler + B do not fit
-    dataset.load_crops(index(tree), size=224, crop="original", cache_dir=cache)  # B, written
+    monkeypatch.setenv(crop_cache.CACHE_LIMIT_ENV, "0.8")  # 838 KB: A + filler + B do not fit
+    crop_cache.load_crops(index(tree), size=224, crop="original", cache_dir=cache)  # B, written
     assert a.is_file() and not filler.exists()
     assert len(list(cache.glob("crops-*.npz"))) == 2
     assert demo.stat().st_size == 3_000_000 and (cache / "notes.txt").read_text() == "mine"
 
-    monkeypatch.setenv(dataset.CACHE_LIMIT_ENV, "0")  # only the file in use stays
-    dataset.load_crops(index(tree), size=224, cache_dir=cache)
+    monkeypatch.setenv(crop_cache.CACHE_LIMIT_ENV, "0")  # only the file in use stays
+    crop_cache.load_crops(index(tree), size=224, cache_dir=cache)
     assert list(cache.glob("crops-*.npz")) == [a]
-    monkeypatch.setenv(dataset.CACHE_LIMIT_ENV, "lots")
+    monkeypatch.setenv(crop_cache.CACHE_LIMIT_ENV, "lots")
     with pytest.raises(UserError, match="AU_CACHE_LIMIT_MB"):
-        dataset.load_crops(index(tree), size=224, cache_dir=cache)
-    assert dataset.DEFAULT_CACHE_LIMIT_MB == 2048
+        crop_cache.load_crops(index(tree), size=224, cache_dir=cache)
+    assert crop_cache.DEFAULT_CACHE_LIMIT_MB == 2048

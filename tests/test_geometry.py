@@ -20,6 +20,7 @@ import metrics
 import models
 import predict
 import preprocess
+import checkpoints
 import runs
 import synthetic
 from conftest import FAST
@@ -147,7 +148,7 @@ def test_geometry_run_records_it_and_e_reproduces_it(geometry_run, fast_run, cap
     assert saved["geometry"] is True and saved["crop_fill"] == "image"
     results = json.loads((geometry_run / "results.json").read_text())
     assert results["geometry"] is True
-    model, ckpt = runs.load_trained_model(geometry_run / "fold0" / "checkpoint.pth")
+    model, ckpt = checkpoints.load_trained_model(geometry_run / "fold0" / "checkpoint.pth")
     assert model.geometry and ckpt["args"]["geometry"] is True
     capsys.readouterr()
     assert main.cli(["-e", "--resume", str(geometry_run), "--quiet"]) == 0
@@ -158,7 +159,7 @@ def test_geometry_run_records_it_and_e_reproduces_it(geometry_run, fast_run, cap
     # a checkpoint saved before --geometry loads as the model it was
     old = torch.load(fast_run / "fold0" / "checkpoint.pth", weights_only=True)
     del old["args"]["geometry"], old["args"]["crop_fill"]
-    model = runs.build_trained_model(old, fast_run / "fold0" / "checkpoint.pth")
+    model = checkpoints.build_trained_model(old, fast_run / "fold0" / "checkpoint.pth")
     assert not model.geometry and model.geometry_branch is None
 
 

@@ -12,7 +12,7 @@ import dataset
 import engine
 import main
 import metrics
-import runs
+import checkpoints
 import utils
 from conftest import FAST, run_cli
 
@@ -58,7 +58,7 @@ def test_run_folder_holds_everything_a_user_opens(run, ck):
 
 
 def test_checkpoint_holds_what_resume_needs(run):
-    ckpt = runs.load_checkpoint(run / "fold1" / "checkpoint.pth")
+    ckpt = checkpoints.load_checkpoint(run / "fold1" / "checkpoint.pth")
     assert {"version", "model", "optimizer", "lr_scheduler", "scaler", "epoch", "fold", "args", "aus",
             "test_ids"} <= set(ckpt)
     assert ckpt["epoch"] == 1 and ckpt["fold"] == 1 and ckpt["aus"] == [1, 2, 4, 5, 6, 7, 12, 15, 17, 25]
@@ -172,7 +172,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(ck, tmp_path, monke
     assert stop.value.code == 130
     err = capsys.readouterr().err
     assert "interrupted in fold 1" in err and f"--resume {broken}" in err
-    assert runs.load_checkpoint(broken / "fold1" / "checkpoint.pth")["epoch"] == 0
+    assert checkpoints.load_checkpoint(broken / "fold1" / "checkpoint.pth")["epoch"] == 0
     assert not (broken / "results.json").exists()
 
     monkeypatch.setattr(engine, "train_one_epoch", real)
@@ -185,10 +185,10 @@ def test_resume_a_checkpoint_continues_that_fold_only(ck, tmp_path):
     run_dir = tmp_path / "one"
     assert main.cli([*ck.dirs, *FAST, "--output-dir", str(run_dir), "--fold", "1", "--epochs", "1"]) == 0
     ckpt = run_dir / "fold1" / "checkpoint.pth"
-    assert runs.load_checkpoint(ckpt)["epoch"] == 0
+    assert checkpoints.load_checkpoint(ckpt)["epoch"] == 0
     # the run's settings say one epoch: the checkpoint is finished, nothing more runs
     assert main.cli(["--resume", str(ckpt), "--quiet"]) == 0
-    assert not (run_dir / "fold0").exists() and runs.load_checkpoint(ckpt)["epoch"] == 0
+    assert not (run_dir / "fold0").exists() and checkpoints.load_checkpoint(ckpt)["epoch"] == 0
 
 
 def test_start_epoch_starts_the_schedule_there_too(ck, tmp_path):
@@ -214,11 +214,11 @@ def test_alexnet_frozen_and_final_model(ck, tmp_path):
     argv = [*ck.dirs, *FAST, "--model", "alexnet", "--freeze-backbone", "--final", "--epochs", "2"]
     assert main.cli([*argv, "--output-dir", str(run_dir)]) == 0
     assert (run_dir / "backbone.pth").is_file() and (run_dir / "final" / "checkpoint.pth").is_file()
-    final = runs.load_checkpoint(run_dir / "final" / "checkpoint.pth")
+    final = checkpoints.load_checkpoint(run_dir / "final" / "checkpoint.pth")
     assert final["test_ids"] == [] and final["epoch"] == 1
     # a frozen checkpoint holds the head only; the backbone is stored once for the run
     assert all(not k.startswith("backbone.") for k in final["model"])
-    model, _ = runs.load_trained_model(run_dir / "fold0" / "checkpoint.pth")
+    model, _ = checkpoints.load_trained_model(run_dir / "fold0" / "checkpoint.pth")
     assert main.cli(["-e", "--resume", str(run_dir), "--quiet"]) == 0
     assert json.loads((run_dir / "evaluate" / "results.json").read_text())["per_au"] == \
         json.loads((run_dir / "results.json").read_text())["per_au"]

@@ -6,6 +6,7 @@ import argparse
 import csv
 import hashlib
 import json
+import shutil
 import urllib.error
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,9 +15,12 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from PIL import Image
 from torch import nn
 
+import checkpoints
 import ckplus
+import crop_cache
 import dataset
 import engine
 import main
@@ -24,7 +28,7 @@ import metrics
 import models
 import predict
 import preprocess
-import runs
+import start_weights
 from conftest import FAST, close, MOBILENET_V1_FILE
 
 ONE_FOLD = [*FAST, "--epochs", "1", "--fold", "0"]
@@ -155,8 +159,8 @@ def source_run(ck, tmp_path_factory) -> Path:
 def test_no_pretrained_is_weights_none_and_is_recorded(source_run):
     assert main.get_args_parser().parse_args(["--no-pretrained"]).weights == "none"
     assert main.get_args_parser().parse_args([]).weights == "DEFAULT"
-    ckpt = runs.load_checkpoint(source_run / "fold0" / "checkpoint.pth")
-    assert ckpt["version"] == runs.FORMAT_VERSION and ckpt["weights"] == {"weights": "none"}
+    ckpt = checkpoints.load_checkpoint(source_run / "fold0" / "checkpoint.pth")
+    assert ckpt["version"] == checkpoints.FORMAT_VERSION and ckpt["weights"] == {"weights": "none"}
     assert json.loads((source_run / "args.json").read_text())["weights"] == "none"
 
 
@@ -185,7 +189,7 @@ def test_a_weights_name_starts_from_those_imagenet_weights(imagenet_mobilenet, c
                                     "--output-dir", run_dir])
     assert same_state(spy.backbone, {k: v for k, v in imagenet.items() if not k.startswith("classifier.")})
     record = {"weights": "IMAGENET1K_V1", "file": MOBILENET_V1_FILE}
-    assert runs.load_checkpoint(run_dir / "fold0" / "checkpoint.pth")["weights"] == record
+    assert checkpoints.load_checkpoint(run_dir / "fold0" / "checkpoint.pth")["weights"] == record
     rows = (run_dir / "fold0" / "metrics.csv").read_text().splitlines()
     assert np.isfinite(float(rows[1].split(",")[1]))
 
@@ -198,29 +202,29 @@ def test_a_state_dict_file_starts_the_backbone(ck, tmp_path, monkeypatch):
     run_dir = tmp_path / "from-file"
     spy = train_spied(monkeypatch, [*ck.dirs, *ONE_FOLD, "--weights", path, "--output-dir", run_dir])
     assert same_state(spy.backbone, {k: v for k, v in state.items() if not k.startswith("classifier.1.")})
-    record = runs.load_checkpoint(run_dir / "fold0" / "checkpoint.pth")["weights"]
+    record = checkpoints.load_checkpoint(run_dir / "fold0" / "checkpoint.pth")["weights"]
     assert record == {"weights": "file", "file": str(path), "kind": "state dict",
                       "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     assert json.loads((run_dir / "args.json").read_text())["weights"] == str(path)
 
 
 def test_a_run_checkpoint_gives_its_backbone_and_a_fresh_head_for_other_aus(source_run, ck, tmp_path, monkeypatch):
-    source = runs.load_checkpoint(source_run / "fold0" / "checkpoint.pth")
+    source = checkpoints.load_checkpoint(source_run / "fold0" / "checkpoint.pth")
     spy = train_spied(monkeypatch, [*ck.dirs, *ONE_FOLD, "--aus", "1,2,4", "--weights", source_run / "fold0" /
                                     "checkpoint.pth", "--output-dir", tmp_path / "from-run"])
     expected = {k[len("backbone."):]: v for k, v in source["model"].items() if k.startswith("backbone.")}
     assert same_state(spy.backbone, expected)
     assert spy.head_shape[0] == 3  # three AUs, not the source's ten
-    assert runs.load_checkpoint(tmp_path / "from-run" / "fold0" / "checkpoint.pth")["weights"]["kind"] == \
+    assert checkpoints.load_checkpoint(tmp_path / "from-run" / "fold0" / "checkpoint.pth")["weights"]["kind"] == \
         "run checkpoint"
 
 
 def test_a_frozen_runs_checkpoint_gives_the_backbone_of_its_run_folder(ck, tmp_path):
     run_dir = tmp_path / "frozen"
     assert main.cli([*ck.dirs, *FROZEN, "--epochs", "1", "--output-dir", str(run_dir)]) == 0
-    state, kind = runs.read_weights_file(run_dir / "fold0" / "checkpoint.pth", "alexnet")
+    state, kind = start_weights.read_weights_file(run_dir / "fold0" / "checkpoint.pth", "alexnet")
     assert kind == "run checkpoint"
-    assert same_state(state, runs.load_checkpoint(run_dir / "backbone.pth", required=("backbone",))["backbone"])
+    assert same_state(state, checkpoints.load_checkpoint(run_dir / "backbone.pth", required=("backbone",))["backbone"])
 
 
 def test_bad_weights_are_one_line_and_write_nothing(source_run, ck, tmp_path, capsys):
@@ -306,7 +310,7 @@ def test_the_crop_cache_covers_the_extra_frames(ck, tmp_path, monkeypatch):
     def no_decode(*a, **k):
         raise AssertionError("a PNG was decoded although every crop is cached")
 
-    monkeypatch.setattr(dataset, "_decode_and_crop", no_decode)
+    monkeypatch.setattr(crop_cache, "_decode_and_crop", no_decode)
     second = dataset.CKPlusDataset(dataset.index_ckplus(*ck.dirs, frames=2), [1, 2], size=24, cache_dir=cache)
     assert torch.equal(first.images, second.images) and len(first.images) > len(first)
 
@@ -382,13 +386,13 @@ def tta_run(ck, tmp_path_factory) -> Path:
 
 def peak_crops(ck, ids: list[str]) -> torch.Tensor:
     records = {r.id: r for r in dataset.index_ckplus(*ck.dirs)}
-    _, crops = dataset.load_crops([records[i] for i in ids], size=64)
+    _, crops = crop_cache.load_crops([records[i] for i in ids], size=64)
     return torch.from_numpy(crops).unsqueeze(1)
 
 
 def test_a_tta_run_scores_its_test_fold_with_mirror_images(tta_run, ck):
     ids, probs = fold0(tta_run)
-    model, _ = runs.load_trained_model(tta_run / "fold0" / "checkpoint.pth")
+    model, _ = checkpoints.load_trained_model(tta_run / "fold0" / "checkpoint.pth")
     config = models.model_config("squeezenet1_1")
     crops = peak_crops(ck, ids)
     with torch.no_grad():
@@ -405,7 +409,7 @@ def test_evaluate_uses_the_runs_tta_unless_told(tta_run, ck, caplog):
     assert np.array_equal(metrics.read_predictions(evaluated)[-1], fold0(tta_run)[1])
     assert main.cli(["-e", "--resume", str(ckpt), "--tta", "none"]) == 0
     assert "evaluating with --tta none; the run was trained and scored with --tta flip" in caplog.text
-    model, _ = runs.load_trained_model(ckpt)
+    model, _ = checkpoints.load_trained_model(ckpt)
     config = models.model_config("squeezenet1_1")
     with torch.no_grad():
         plain = torch.sigmoid(model(preprocess.prepare_batch(peak_crops(ck, fold0(tta_run)[0]), config.mean,
@@ -431,51 +435,24 @@ def test_predict_uses_the_runs_tta(tta_run, ck, tmp_path):
     assert {r["models"] for r in rows.values()} == {"fold0 checkpoint, flip TTA"}
 
 
-# ----------------------------------------------------------------------------- runs from before these flags
+# ----------------------------------------------------------------------------- runs of an older checkpoint format
 
 
-def make_legacy(run_dir: Path) -> None:
-    """Rewrite a run as the program before --weights/--loss wrote it: args.json with no_pretrained and
-    none of the new settings, format 2 checkpoints with the optimizer's one parameter group."""
-    settings = json.loads((run_dir / "args.json").read_text())
-    for key in ("weights", "loss", "backbone_lr", "frames", "tta"):
-        settings.pop(key)
-    settings["no_pretrained"] = True
-    (run_dir / "args.json").write_text(json.dumps(settings))
-    for path in run_dir.glob("fold*/checkpoint.pth"):
-        ckpt = runs.load_checkpoint(path)
-        backbone, head = ckpt["optimizer"]["param_groups"]
-        assert backbone["lr"] == head["lr"]
-        merged = {k: v for k, v in backbone.items() if k != "name"}
-        ckpt["optimizer"]["param_groups"] = [{**merged, "params": backbone["params"] + head["params"]}]
-        for key in ("base_lrs", "_last_lr"):
-            ckpt["lr_scheduler"][key] = ckpt["lr_scheduler"][key][:1]
-        ckpt["version"], ckpt["args"] = 2, {k: v for k, v in settings.items() if k in ckpt["args"] or
-                                            k == "no_pretrained"}
-        del ckpt["weights"]
-        torch.save(ckpt, path)
-
-
-def test_a_run_from_before_these_flags_resumes_with_its_own_loss(ck, tmp_path, monkeypatch):
-    """Interrupted after epoch 1, rewritten as an old run, resumed: the same predictions as a run of
-    the original's summed loss straight through (the mean would differ)."""
-    argv = [*ck.dirs, *FAST, "--epochs", "2", "--fold", "0"]
-    assert main.cli([*argv, "--loss", "sum", "--output-dir", str(tmp_path / "straight")]) == 0
-    calls, real = [], engine.train_one_epoch
-
-    def stop_in_epoch_2(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(engine, "train_one_epoch", stop_in_epoch_2)
-    with pytest.raises(SystemExit):
-        main.cli([*argv, "--loss", "sum", "--output-dir", str(tmp_path / "old")])
-    monkeypatch.undo()
-    make_legacy(tmp_path / "old")
-    old_checkpoint = tmp_path / "old" / "fold0" / "checkpoint.pth"
-    assert main.cli(["-e", "--resume", str(old_checkpoint), "--quiet"]) == 0  # -e reads an old run as it is
-    assert main.cli(["--resume", str(tmp_path / "old"), "--quiet"]) == 0
-    assert np.array_equal(fold0(tmp_path / "old")[1], fold0(tmp_path / "straight")[1])
-    assert runs.load_checkpoint(old_checkpoint)["version"] == runs.FORMAT_VERSION
+def test_a_run_of_an_older_checkpoint_format_is_refused_in_one_line(fast_run, tmp_path, capsys):
+    """A fold checkpoint of format 3 (before --geometry and --crop-fill were kept in it) is not
+    guessed at: --resume, -e and predict.py each refuse it in one line naming the file and the fix."""
+    run_dir = tmp_path / "old"
+    shutil.copytree(fast_run, run_dir)
+    path = run_dir / "fold0" / "checkpoint.pth"
+    ckpt = checkpoints.load_checkpoint(path)
+    ckpt["version"] = 3
+    del ckpt["args"]["geometry"], ckpt["args"]["crop_fill"]
+    torch.save(ckpt, path)
+    Image.new("L", (32, 32)).save(tmp_path / "face.png")
+    capsys.readouterr()
+    for argv, cli in [(["-e", "--resume", str(path)], main.cli), (["--resume", str(run_dir), "--epochs", "3"], main.cli),
+                      ([str(path), str(tmp_path / "face.png")], predict.cli)]:
+        assert cli([*argv, "--quiet"]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert str(path) in err and "format version 3" in err and "retrain the run" in err, err
+        assert "\n" not in err and "Traceback" not in err

@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+import checkpoints
 import ckplus
 import main
 import metrics
@@ -239,7 +240,7 @@ def test_checkpoint_from_another_model_or_au_list_is_refused(trained, tmp_path, 
     run = copy_run(run_dir, tmp_path / "run")
     (run / "results.json").unlink()
     path = run / "fold0" / "checkpoint.pth"
-    ckpt = runs.load_checkpoint(path)
+    ckpt = checkpoints.load_checkpoint(path)
     ckpt[field] = value
     torch.save(ckpt, path)
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
@@ -264,7 +265,7 @@ def test_checkpoint_crafted_to_run_code_is_refused_and_runs_nothing(trained, tmp
     marker = tmp_path / "pwned"
     run = copy_run(run_dir, tmp_path / "run")
     path = run / "fold0" / "checkpoint.pth"
-    ckpt = runs.load_checkpoint(path)
+    ckpt = checkpoints.load_checkpoint(path)
     ckpt["model"] = RunsCode(marker)
     torch.save(ckpt, path)
     fails(capsys, ["-e", "--resume", path], "refused", "checkpoint.pth")
@@ -289,7 +290,7 @@ def test_nan_loss_stops_the_fold_naming_epoch_and_learning_rate(tmp_path, capsys
     epoch = int(line.split("fold 0 epoch ")[1].split(":")[0])
     ckpt = run_dir / "fold0" / "checkpoint.pth"
     if epoch > 1:  # the last good epoch is kept
-        state = runs.load_checkpoint(ckpt)
+        state = checkpoints.load_checkpoint(ckpt)
         assert state["epoch"] == epoch - 2
         assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     else:
@@ -376,7 +377,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(point, n, ck, straight,
     leftovers = list(run_dir.rglob("*.tmp-*"))
     assert bool(leftovers) == (point == "checkpoint")
     if point == "checkpoint":  # the good checkpoint of the epoch before is intact
-        assert runs.load_checkpoint(run_dir / "fold1" / "checkpoint.pth")["epoch"] == 0
+        assert checkpoints.load_checkpoint(run_dir / "fold1" / "checkpoint.pth")["epoch"] == 0
 
     assert main.cli(["--resume", str(run_dir), "--quiet"]) == 0  # resumed in this process: the child's import spared
     assert read_run(run_dir) == straight
@@ -519,10 +520,10 @@ def test_full_disk_is_one_line_with_the_space_needed_and_the_resume_command(name
     folder = run_dir / "fold0" if name != "results.json" else run_dir
     assert f"no space left in {folder} " in line
     if name == "checkpoint.pth":  # the epoch before is intact and loads
-        ckpt = runs.load_checkpoint(run_dir / "fold0" / "checkpoint.pth")
+        ckpt = checkpoints.load_checkpoint(run_dir / "fold0" / "checkpoint.pth")
         assert ckpt["epoch"] == 0
         # the last epoch's checkpoint failed: the weights without momentum
-        assert f"about {utils.format_bytes(runs.state_bytes(ckpt['model']))} needed" in line
+        assert f"about {utils.format_bytes(checkpoints.state_bytes(ckpt['model']))} needed" in line
     assert not list(run_dir.rglob("*.tmp-*"))
     monkeypatch.undo()
     assert main.cli(["--resume", str(run_dir), "--quiet"]) == 0
@@ -531,14 +532,14 @@ def test_full_disk_is_one_line_with_the_space_needed_and_the_resume_command(name
 
 def test_torch_save_on_a_full_disk_is_recognised(tmp_path, monkeypatch):
     """torch's zip writer turns the failed write into RuntimeError('... unexpected pos ...')."""
-    path = runs.save_checkpoint({"model": {"w": torch.zeros(10)}, "epoch": 0, "aus": [1], "arch": "alexnet"},
-                                tmp_path / "checkpoint.pth")
+    state = {"version": checkpoints.FORMAT_VERSION, "epoch": 0, "aus": [1], "arch": "alexnet"}
+    path = checkpoints.save_checkpoint({**state, "model": {"w": torch.zeros(10)}}, tmp_path / "checkpoint.pth")
     fill_disk_at(monkeypatch, "checkpoint.pth")
     with pytest.raises(utils.DiskFull) as e:
-        runs.save_checkpoint({"model": {"w": torch.zeros(100_000)}, "epoch": 1, "aus": [1], "arch": "alexnet"}, path)
+        checkpoints.save_checkpoint({**state, "model": {"w": torch.zeros(100_000)}, "epoch": 1}, path)
     assert "about 390.6 KiB needed" in str(e.value) and str(tmp_path) in str(e.value)
     assert isinstance(e.value.__cause__, (RuntimeError, OSError))
-    assert runs.load_checkpoint(path)["epoch"] == 0 and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
+    assert checkpoints.load_checkpoint(path)["epoch"] == 0 and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
 
 
 def test_full_disk_for_the_crop_cache_warns_and_the_run_goes_on(tmp_path, capsys, monkeypatch):
@@ -575,7 +576,7 @@ def test_a_real_full_filesystem(tmp_path):
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr
         assert lines[0].startswith(f"error: no space left in {run_dir / 'fold0'} to write checkpoint.pth (about 5.")
         assert f"--resume {run_dir}" in lines[0]
-        assert runs.load_checkpoint(run_dir / "fold0" / "checkpoint.pth")["epoch"] == 0
+        assert checkpoints.load_checkpoint(run_dir / "fold0" / "checkpoint.pth")["epoch"] == 0
         assert not list(run_dir.rglob("*.tmp-*"))
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
@@ -682,7 +683,7 @@ def test_extension_restarts_momentum_and_says_so(trained, tmp_path, capsys):
     assert main.cli(["--resume", str(run), "--epochs", "2"]) == 0
     assert "momentum restarts from zero" in capsys.readouterr().err
     for k in range(2):
-        ckpt = runs.load_checkpoint(run / f"fold{k}" / "checkpoint.pth")
+        ckpt = checkpoints.load_checkpoint(run / f"fold{k}" / "checkpoint.pth")
         assert ckpt["epoch"] == 1 and ckpt["optimizer"]["state"] == {}
 
 
@@ -692,9 +693,9 @@ def test_finished_folds_keep_no_optimizer_state_and_the_run_prints_its_size(trai
     _, run_dir = trained
     for k in range(2):
         path = run_dir / f"fold{k}" / "checkpoint.pth"
-        ckpt = runs.load_checkpoint(path)
+        ckpt = checkpoints.load_checkpoint(path)
         assert ckpt["optimizer"]["state"] == {} and ckpt["optimizer"]["param_groups"][0]["lr"] == 0.01
-        assert path.stat().st_size < 1.05 * runs.state_bytes(ckpt["model"])
+        assert path.stat().st_size < 1.05 * checkpoints.state_bytes(ckpt["model"])
     run = copy_run(run_dir, tmp_path / "r")
     assert main.cli(["--resume", str(run), "--quiet"]) == 0  # nothing to train: the results, then the size
     out = capsys.readouterr().out

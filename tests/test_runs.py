@@ -1,4 +1,4 @@
-"""runs.py: atomic checkpoints, safe loading, the format version."""
+"""checkpoints.py: atomic checkpoints, safe loading, the format version."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-import runs
+import checkpoints
 import utils
 from utils import UserError
 
@@ -16,23 +16,24 @@ from utils import UserError
 def checkpoint_state(epoch: int) -> dict:
     torch.manual_seed(epoch)
     model = nn.Linear(4, 3)
-    return {"model": model.state_dict(), "epoch": epoch, "aus": [1, 2, 4], "arch": "alexnet"}
+    return {"version": checkpoints.FORMAT_VERSION, "model": model.state_dict(), "epoch": epoch, "aus": [1, 2, 4],
+            "arch": "alexnet"}
 
 
 def test_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pth"
-    runs.save_checkpoint(checkpoint_state(1), path)
+    checkpoints.save_checkpoint(checkpoint_state(1), path)
 
     def half_save(obj, f):
         f.write(b"PK\x03\x04 half a zip archive")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(runs.torch, "save", half_save)
+    monkeypatch.setattr(checkpoints.torch, "save", half_save)
     with pytest.raises(RuntimeError, match="disk full"):
-        runs.save_checkpoint(checkpoint_state(2), path)
+        checkpoints.save_checkpoint(checkpoint_state(2), path)
     monkeypatch.undo()
 
-    assert runs.load_checkpoint(path)["epoch"] == 1
+    assert checkpoints.load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
 
 
@@ -40,7 +41,7 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
 def test_crash_mid_save_keeps_the_old_checkpoint_and_the_leftover_is_cleaned(tmp_path):
     path = tmp_path / "fold0" / "checkpoint.pth"
     path.parent.mkdir()
-    runs.save_checkpoint(checkpoint_state(1), path)
+    checkpoints.save_checkpoint(checkpoint_state(1), path)
 
     pid = os.fork()
     if pid == 0:  # the child dies half-way through writing, as a killed job would: no cleanup runs
@@ -50,8 +51,8 @@ def test_crash_mid_save_keeps_the_old_checkpoint_and_the_leftover_is_cleaned(tmp
                 f.flush()
                 os._exit(1)
 
-            runs.torch.save = die_mid_write
-            runs.save_checkpoint(checkpoint_state(2), path)
+            checkpoints.torch.save = die_mid_write
+            checkpoints.save_checkpoint(checkpoint_state(2), path)
         finally:
             os._exit(3)
     _, status = os.waitpid(pid, 0)
@@ -59,7 +60,7 @@ def test_crash_mid_save_keeps_the_old_checkpoint_and_the_leftover_is_cleaned(tmp
 
     leftover = path.with_name(f"checkpoint.pth.tmp-{pid}")
     assert leftover.read_bytes().startswith(b"PK")
-    assert runs.load_checkpoint(path)["epoch"] == 1
+    assert checkpoints.load_checkpoint(path)["epoch"] == 1
 
     (tmp_path / "notes.tmp-old").write_text("not ours")  # only <name>.tmp-<pid> files are removed
     assert utils.clean_temp_files(tmp_path) == [leftover]
@@ -76,11 +77,12 @@ def test_checkpoint_round_trip_resumes_exactly(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     model(torch.randn(5, 4)).sum().backward()
     optimizer.step()  # momentum buffers now exist and must survive
-    path = runs.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 4,
-                                 "aus": [1, 2, 4], "arch": "res18", "history": [{"epoch": 0, "loss": 0.5}]},
-                                tmp_path / "checkpoint.pth")
+    path = checkpoints.save_checkpoint({"version": checkpoints.FORMAT_VERSION, "model": model.state_dict(),
+                                        "optimizer": optimizer.state_dict(), "epoch": 4, "aus": [1, 2, 4],
+                                        "arch": "res18", "history": [{"epoch": 0, "loss": 0.5}]},
+                                       tmp_path / "checkpoint.pth")
 
-    ckpt = runs.load_checkpoint(path)
+    ckpt = checkpoints.load_checkpoint(path)
     model2 = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     model2.load_state_dict(ckpt["model"])
     optimizer2 = torch.optim.SGD(model2.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
@@ -122,7 +124,7 @@ def test_checkpoint_that_would_run_code_is_refused_unexecuted(tmp_path, payload)
     torch.save({**checkpoint_state(0), "extra": payload(marker)}, path)
 
     with pytest.raises(UserError) as e:
-        runs.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
     message = str(e.value)
     assert str(path) in message and "refused" in message and "nothing in it was executed" in message
     assert "\n" not in message
@@ -134,7 +136,7 @@ def test_checkpoint_that_would_run_code_is_refused_unexecuted(tmp_path, payload)
 
 
 def test_checkpoint_errors_name_the_file_and_the_fix(tmp_path):
-    good = runs.save_checkpoint(checkpoint_state(1), tmp_path / "good.pth")
+    good = checkpoints.save_checkpoint(checkpoint_state(1), tmp_path / "good.pth")
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     text = tmp_path / "notes.pth"
@@ -144,7 +146,7 @@ def test_checkpoint_errors_name_the_file_and_the_fix(tmp_path):
     a_list = tmp_path / "list.pth"
     torch.save([1, 2, 3], a_list)
     partial = tmp_path / "partial.pth"
-    torch.save({"model": {}, "epoch": 3}, partial)
+    torch.save({"version": checkpoints.FORMAT_VERSION, "model": {}, "epoch": 3}, partial)
 
     cases = [
         (tmp_path / "nope.pth", "does not exist: check the path"),
@@ -157,18 +159,29 @@ def test_checkpoint_errors_name_the_file_and_the_fix(tmp_path):
     ]
     for path, expected in cases:
         with pytest.raises(UserError) as e:
-            runs.load_checkpoint(path)
+            checkpoints.load_checkpoint(path)
         assert str(path) in str(e.value) and expected in str(e.value), str(e.value)
         assert "\n" not in str(e.value)
 
     # the keys asked for are the ones checked
-    assert runs.load_checkpoint(partial, required=("model", "epoch"))["epoch"] == 3
+    assert checkpoints.load_checkpoint(partial, required=("model", "epoch"))["epoch"] == 3
 
 
-def test_checkpoint_from_a_newer_format_is_refused_by_name(tmp_path):
-    path = runs.save_checkpoint({**checkpoint_state(1), "version": runs.FORMAT_VERSION + 1}, tmp_path / "new.pth")
-    with pytest.raises(UserError) as e:
-        runs.load_checkpoint(path)
-    assert str(path) in str(e.value) and f"format version {runs.FORMAT_VERSION + 1}" in str(e.value)
-    # a file from before the key existed is format 1, still read
-    assert runs.load_checkpoint(runs.save_checkpoint(checkpoint_state(2), tmp_path / "old.pth"))["epoch"] == 2
+def test_checkpoint_of_another_format_is_refused_by_name(tmp_path):
+    """Only FORMAT_VERSION is read: a newer file, an older one, and one from before the key
+    existed (format 1) are each refused in one line naming the file, its version and the fix."""
+    current = checkpoints.save_checkpoint(checkpoint_state(2), tmp_path / "current.pth")
+    assert checkpoints.load_checkpoint(current)["epoch"] == 2
+    unversioned = {k: v for k, v in checkpoint_state(1).items() if k != "version"}
+    for name, state, version in [
+        ("new.pth", {**checkpoint_state(1), "version": checkpoints.FORMAT_VERSION + 1}, checkpoints.FORMAT_VERSION + 1),
+        ("old.pth", {**checkpoint_state(1), "version": checkpoints.FORMAT_VERSION - 1}, checkpoints.FORMAT_VERSION - 1),
+        ("unversioned.pth", unversioned, 1),
+    ]:
+        path = checkpoints.save_checkpoint(state, tmp_path / name)
+        with pytest.raises(UserError) as e:
+            checkpoints.load_checkpoint(path)
+        message = str(e.value)
+        assert str(path) in message and f"format version {version}" in message, message
+        assert "retrain the run, or use the version of this program that wrote it" in message
+        assert "\n" not in message
