@@ -308,9 +308,9 @@ def bench_frozen(dirs: list[str], args, work: Path, cache: Path) -> dict:
 
 def bench_finetune(data: dataset.CKPlusDataset, args, device: torch.device, work: Path, train_images: int) -> dict:
     """engine.train_one_epoch against the bare training step on the same batches, pre-normalised."""
-    ns = argparse.Namespace(**{**dict.fromkeys(runs.RUN_SETTINGS), "model": MODEL, "norm": "weights", "augment": False,
-                               "batch_size": args.batch_size, "amp": False, "kfold": args.kfold, "loss": "sum"})
-    inputs = engine.make_inputs(data, ns, device)
+    config = models.model_config(MODEL)
+    inputs = engine.Inputs(labels=data.labels, images=data.images.to(device), mean=config.mean, std=config.std,
+                           channels_last=device.type == "cuda")  # as make_inputs builds them, unaugmented
     torch.manual_seed(args.seed)
     model = models.build_model(MODEL, len(data.aus), pretrained=False).to(device)
     if inputs.channels_last:
@@ -330,8 +330,9 @@ def bench_finetune(data: dataset.CKPlusDataset, args, device: torch.device, work
         sync(device)
         t0 = time.perf_counter()
         with engine.Clock(1, quiet=True).bar(n, "bench") as progress:  # as train_fold passes it, disabled
-            engine.train_one_epoch(model, criterion, optimizer, scaler, inputs, idx, device, ns,
-                                   engine.epoch_generator(args.seed, 0, 0), progress)
+            engine.train_one_epoch(model, criterion, optimizer, scaler, inputs, idx, device,
+                                   engine.epoch_generator(args.seed, 0, 0), progress, batch_size=args.batch_size,
+                                   loss="sum")
         sync(device)
         return time.perf_counter() - t0
 

@@ -20,7 +20,9 @@ import metrics
 import predict
 import preprocess
 import runs
+import settings
 import synthetic
+from utils import UserError
 from conftest import FAST
 
 # ----------------------------------------------------------------------------- the normalisation
@@ -124,9 +126,10 @@ def test_crop_fill_is_part_of_the_crop_cache_key(ck, tmp_path):
     filled = dataset.CKPlusDataset(records, [1, 25], size=24, margin=3.0, fill="image", cache_dir=cache)
     assert len(list(cache.glob("crops-*.npz"))) == 2
     assert (black.images == 0).any() and not torch.equal(black.images, filled.images)
-    # an args.json from before --crop-fill (and --geometry) means what it meant
-    old = runs.saved_settings({"model": "res18"})
-    assert old["crop_fill"] == "black" and old["geometry"] is False
+    # an args.json from before --crop-fill (and --geometry) is refused in one line, not guessed
+    (tmp_path / "args.json").write_text('{"model": "res18"}')
+    with pytest.raises(UserError, match=r"args.json has no .*--geometry, --crop-fill: an older version"):
+        settings.read_run_settings(tmp_path / "args.json")
 
 
 # ----------------------------------------------------------------------------- --geometry in every path

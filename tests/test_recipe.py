@@ -46,14 +46,14 @@ class FirstEpochSpy:
         self.rows, self.backbone, self.labels = [], None, None
         self.real = engine.train_one_epoch
 
-    def __call__(self, model, criterion, optimizer, scaler, inputs, train_idx, *rest):
+    def __call__(self, model, criterion, optimizer, scaler, inputs, train_idx, *rest, **kw):
         if self.backbone is None:
             self.backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
             self.head_shape = tuple(model.head.weight.shape)
             self.groups = [(g.get("name"), g["lr"], len(g["params"])) for g in optimizer.param_groups]
         self.rows.append(len(train_idx))
         self.labels = inputs.labels[train_idx]
-        return self.real(model, criterion, optimizer, scaler, inputs, train_idx, *rest)
+        return self.real(model, criterion, optimizer, scaler, inputs, train_idx, *rest, **kw)
 
 
 def train_spied(monkeypatch, argv: list) -> FirstEpochSpy:
@@ -434,48 +434,24 @@ def test_predict_uses_the_runs_tta(tta_run, ck, tmp_path):
 # ----------------------------------------------------------------------------- runs from before these flags
 
 
-def make_legacy(run_dir: Path) -> None:
-    """Rewrite a run as the program before --weights/--loss wrote it: args.json with no_pretrained and
-    none of the new settings, format 2 checkpoints with the optimizer's one parameter group."""
-    settings = json.loads((run_dir / "args.json").read_text())
-    for key in ("weights", "loss", "backbone_lr", "frames", "tta"):
-        settings.pop(key)
-    settings["no_pretrained"] = True
-    (run_dir / "args.json").write_text(json.dumps(settings))
-    for path in run_dir.glob("fold*/checkpoint.pth"):
-        ckpt = runs.load_checkpoint(path)
-        backbone, head = ckpt["optimizer"]["param_groups"]
-        assert backbone["lr"] == head["lr"]
-        merged = {k: v for k, v in backbone.items() if k != "name"}
-        ckpt["optimizer"]["param_groups"] = [{**merged, "params": backbone["params"] + head["params"]}]
-        for key in ("base_lrs", "_last_lr"):
-            ckpt["lr_scheduler"][key] = ckpt["lr_scheduler"][key][:1]
-        ckpt["version"], ckpt["args"] = 2, {k: v for k, v in settings.items() if k in ckpt["args"] or
-                                            k == "no_pretrained"}
-        del ckpt["weights"]
-        torch.save(ckpt, path)
-
-
-def test_a_run_from_before_these_flags_resumes_with_its_own_loss(ck, tmp_path, monkeypatch):
-    """Interrupted after epoch 1, rewritten as an old run, resumed: the same predictions as a run of
-    the original's summed loss straight through (the mean would differ)."""
-    argv = [*ck.dirs, *FAST, "--epochs", "2", "--fold", "0"]
-    assert main.cli([*argv, "--loss", "sum", "--output-dir", str(tmp_path / "straight")]) == 0
-    calls, real = [], engine.train_one_epoch
-
-    def stop_in_epoch_2(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(engine, "train_one_epoch", stop_in_epoch_2)
-    with pytest.raises(SystemExit):
-        main.cli([*argv, "--loss", "sum", "--output-dir", str(tmp_path / "old")])
-    monkeypatch.undo()
-    make_legacy(tmp_path / "old")
-    old_checkpoint = tmp_path / "old" / "fold0" / "checkpoint.pth"
-    assert main.cli(["-e", "--resume", str(old_checkpoint), "--quiet"]) == 0  # -e reads an old run as it is
-    assert main.cli(["--resume", str(tmp_path / "old"), "--quiet"]) == 0
-    assert np.array_equal(fold0(tmp_path / "old")[1], fold0(tmp_path / "straight")[1])
-    assert runs.load_checkpoint(old_checkpoint)["version"] == runs.FORMAT_VERSION
+def test_a_run_from_before_a_setting_is_refused_in_one_line(fast_run, tmp_path, capsys):
+    """An args.json without a setting of today's table: --resume and -e refuse it in one line naming
+    the file and the fix (what the run trained without it is not guessed); one without a scoring
+    setting (--bootstrap) is scored with its default."""
+    old = tmp_path / "old"
+    shutil.copytree(fast_run, old)
+    saved = json.loads((old / "args.json").read_text())
+    (old / "args.json").write_text(json.dumps({k: v for k, v in saved.items() if k not in ("loss", "crop_fill")}))
+    for argv in (["--resume", old], ["-e", "--resume", old]):
+        line = fails(capsys, argv, str(old / "args.json"), "--loss, --crop-fill", "retrain", "the version that wrote it")
+        assert "older version" in line
+    (old / "args.json").write_text(json.dumps({k: v for k, v in saved.items() if k != "bootstrap"}))
+    assert main.cli(["-e", "--resume", str(old), "--bootstrap", "0", "--quiet"]) == 0
+    assert json.loads((old / "evaluate" / "results.json").read_text())["bootstrap"] is None
+    # predict.py reads a checkpoint's own settings: one without --geometry is refused alike
+    checkpoint = old / "fold0" / "checkpoint.pth"
+    ckpt = runs.load_checkpoint(checkpoint)
+    torch.save({**ckpt, "args": {k: v for k, v in ckpt["args"].items() if k != "geometry"}}, checkpoint)
+    code = predict.cli([str(checkpoint), str(tmp_path / "none.jpg"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{checkpoint} has no --geometry" in err and "retrain" in err
