@@ -180,17 +180,17 @@ def compare(runs: list[Run], metric: str) -> Comparison:
 # ----------------------------------------------------------------------------- paired differences
 
 
-def read_pooled(run: Run) -> tuple[list[str], list[str], np.ndarray, np.ndarray] | None:
-    """A run's pooled predictions (ids, subjects, targets, probs), or None (with an info line) without them."""
+def read_pooled(run: Run) -> metrics.FoldPredictions | None:
+    """A run's pooled predictions, or None (with an info line) without them."""
     path = run.path / "predictions.csv"
     if not path.is_file():
         log.info("%s has no predictions.csv: no paired difference for it", run.label)
         return None
-    ids, subjects, _, aus, targets, probs = metrics.read_predictions(path)
+    pooled, aus = metrics.FoldPredictions.read(path)
     if list(aus) != list(run.aus):
         raise UserError(f"{path} holds AUs {aus}, but {run.path / 'results.json'} scores {run.aus}: "
                         f"delete the results and resume the run to write them again")
-    return ids, subjects, targets, probs
+    return pooled
 
 
 def pair_runs(runs: list[Run], baseline: int, n_resamples: int, seed: int
@@ -203,7 +203,7 @@ def pair_runs(runs: list[Run], baseline: int, n_resamples: int, seed: int
     base = read_pooled(runs[baseline])
     if base is None:
         return None, None, []
-    ids, subjects, targets, probs = base
+    ids, subjects, targets, probs = base.ids, base.subjects, base.targets, base.probs
     by_sequence = runs[baseline].get("split") == "sequence"
     resampling = intervals.draw(ids if by_sequence else subjects, n_resamples, seed,
                                 "sequence" if by_sequence else "subject")
@@ -214,14 +214,14 @@ def pair_runs(runs: list[Run], baseline: int, n_resamples: int, seed: int
         if pooled is None:
             differences.append(None)
             continue
-        if sorted(pooled[0]) != sorted(ids):
+        if sorted(pooled.ids) != sorted(ids):
             warnings.append(f"{run.label} was scored on other sequences than {runs[baseline].label} "
-                            f"({len(pooled[0])} against {len(ids)}, {len(set(pooled[0]) & set(ids))} shared): "
+                            f"({len(pooled)} against {len(ids)}, {len(set(pooled.ids) & set(ids))} shared): "
                             f"not paired, no difference")
             differences.append(None)
             continue
-        order = np.array([position[s] for s in pooled[0]]).argsort()  # the other run's rows in the baseline's order
-        other = (pooled[2][order], pooled[3][order])
+        order = np.array([position[s] for s in pooled.ids]).argsort()  # the other run's rows in the baseline's order
+        other = (pooled.targets[order], pooled.probs[order])
         point = {k: (runs[baseline].results["macro"][k], run.results["macro"][k]) for k in DIFFERENCE_KEYS}
         differences.append(intervals.paired_differences(
             resampling, (targets, probs), other, runs[baseline].get("threshold") or 0.5,

@@ -348,7 +348,7 @@ def build_trained_model(ckpt: dict, path: Path) -> models.AUNet:
     try:
         model = models.build_model(ckpt["arch"], len(ckpt["aus"]), pretrained=False,
                                    freeze_backbone=bool(ckpt.get("frozen_backbone")), backbone_state=backbone,
-                                   geometry=bool(saved_settings(ckpt.get("args", {}))["geometry"]))
+                                   geometry=bool(settings.check_complete(ckpt.get("args", {}), path)["geometry"]))
     except UserError as e:
         raise UserError(f"checkpoint {path}: {e}") from None
     load_model_state(model, ckpt, path)

@@ -28,6 +28,8 @@ from utils import UserError
 
 @dataclass(frozen=True)
 class Setting:
+    """One run setting: its argparse dest, its default, and what kind it is (see the module's docstring)."""
+
     dest: str
     default: Any
     trains: bool = True
@@ -79,6 +81,11 @@ ROW_SETTINGS = tuple(k for k in RUN_SETTINGS if k != "model")
 
 def default(dest: str) -> Any:
     return BY_DEST[dest].default
+
+
+def defaults() -> dict:
+    """Every setting at its default, by dest."""
+    return {s.dest: s.default for s in SETTINGS}
 
 
 def describe(dest: str, value: Any) -> str:

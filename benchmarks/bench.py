@@ -46,6 +46,7 @@ import engine  # noqa: E402
 import metrics  # noqa: E402
 import models  # noqa: E402
 import runs  # noqa: E402
+import settings  # noqa: E402
 import synthetic  # noqa: E402
 import utils  # noqa: E402
 
@@ -358,10 +359,13 @@ def bench_finetune(data: dataset.CKPlusDataset, args, device: torch.device, work
 
     ckpt_dir = work / "checkpoint"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    # the settings a checkpoint records: the table's defaults, for this benchmark's model and folds
+    run_args = argparse.Namespace(**{**settings.defaults(), "model": MODEL, "kfold": args.kfold,
+                                     "batch_size": args.batch_size, "loss": "sum"})
     checkpoint_s, size = [], 0
     for epoch in range(args.repeats):
         # what train_fold writes after every epoch of a fine-tuned (unfrozen) fold
-        state = runs.fold_checkpoint(model, optimizer, scheduler, scaler, epoch=epoch, fold=0, args=ns,
+        state = runs.fold_checkpoint(model, optimizer, scheduler, scaler, epoch=epoch, fold=0, args=run_args,
                                      aus=data.aus, test_ids=data.ids[:60], weights={"weights": "none"},
                                      history=[{"epoch": e, "loss": 0.5, "lr": 0.01, "seconds": 1.0}
                                               for e in range(epoch + 1)])

@@ -157,11 +157,11 @@ def test_geometry_run_records_it_and_e_reproduces_it(geometry_run, fast_run, cap
     # compare.py names the setting
     plain, fused = compare.row_names(compare.read_runs([str(fast_run), str(geometry_run)]))
     assert "--geometry" in fused and "--geometry" not in plain
-    # a checkpoint saved before --geometry loads as the model it was
+    # a checkpoint saved before --geometry is refused in one line naming it, not guessed
     old = torch.load(fast_run / "fold0" / "checkpoint.pth", weights_only=True)
     del old["args"]["geometry"], old["args"]["crop_fill"]
-    model = runs.build_trained_model(old, fast_run / "fold0" / "checkpoint.pth")
-    assert not model.geometry and model.geometry_branch is None
+    with pytest.raises(UserError, match=r"checkpoint.pth has no --geometry, --crop-fill: an older version"):
+        runs.build_trained_model(old, fast_run / "fold0" / "checkpoint.pth")
 
 
 def test_predict_feeds_the_landmarks_to_a_geometry_model(geometry_run, fast_run, ck, tmp_path):
