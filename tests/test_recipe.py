@@ -6,6 +6,7 @@ import argparse
 import csv
 import hashlib
 import json
+import shutil
 import urllib.error
 from pathlib import Path
 from types import SimpleNamespace
@@ -434,7 +435,7 @@ def test_predict_uses_the_runs_tta(tta_run, ck, tmp_path):
 # ----------------------------------------------------------------------------- runs from before these flags
 
 
-def test_a_run_from_before_a_setting_is_refused_in_one_line(fast_run, tmp_path, capsys):
+def test_a_run_from_before_a_setting_is_refused_in_one_line(fast_run, ck, tmp_path, capsys):
     """An args.json without a setting of today's table: --resume and -e refuse it in one line naming
     the file and the fix (what the run trained without it is not guessed); one without a scoring
     setting (--bootstrap) is scored with its default."""
@@ -452,6 +453,7 @@ def test_a_run_from_before_a_setting_is_refused_in_one_line(fast_run, tmp_path, 
     checkpoint = old / "fold0" / "checkpoint.pth"
     ckpt = runs.load_checkpoint(checkpoint)
     torch.save({**ckpt, "args": {k: v for k, v in ckpt["args"].items() if k != "geometry"}}, checkpoint)
-    code = predict.cli([str(checkpoint), str(tmp_path / "none.jpg"), "--quiet"])
+    photo = next(p for p in ck.images.rglob("*.png") if not p.name.startswith("._"))
+    code = predict.cli([str(checkpoint), str(photo), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and f"{checkpoint} has no --geometry" in err and "retrain" in err
