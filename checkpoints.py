@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 
 import models
+import settings
 import utils
 from utils import UserError
 
@@ -217,9 +218,9 @@ def build_trained_model(ckpt: dict, path: Path) -> models.AUNet:
     `path` is the checkpoint's file; a frozen-backbone checkpoint takes its backbone from
     the run folder two levels up (RUN_DIR/foldK/checkpoint.pth -> RUN_DIR/backbone.pth)."""
     backbone = frozen_backbone(path) if ckpt.get("frozen_backbone") else None
-    # format 4 keeps --geometry in "args"; a model without the branch that had one (or the reverse)
-    # is refused by load_model_state's strict load, never run half-built
-    geometry = bool(ckpt.get("args", {}).get("geometry", False))
+    # format 4 keeps every run setting in "args"; one that lacks some (--geometry among them) is
+    # refused in one line rather than guessed
+    geometry = bool(settings.check_complete(ckpt.get("args", {}), path)["geometry"])
     try:
         model = models.build_model(ckpt["arch"], len(ckpt["aus"]), pretrained=False,
                                    freeze_backbone=bool(ckpt.get("frozen_backbone")), backbone_state=backbone,

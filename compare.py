@@ -15,16 +15,15 @@ AUs, threshold, number of sequences) are still shown, with a warning per differe
 are then not comparable. The table is printed and written to --out as compare.md (the best value
 per column in bold), compare.csv (full precision) and compare.png (grouped bars).
 
-Reads top to bottom: arguments, reading a run folder, naming the rows, the protocol checks, the
-table and its files, and the command-line entry point at the end.
+Reads top to bottom: arguments, naming the rows (by the run settings of settings.py), the protocol
+checks, the table and its files, and the command-line entry point at the end; finished_runs.py
+reads the run folders.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import math
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,16 +33,14 @@ import numpy as np
 
 import intervals
 import metrics
+import settings
 import utils
+from finished_runs import Run, read_run, read_runs
 from utils import UserError
 
 log = logging.getLogger(utils.LOGGER_NAME)
 
 METRIC_LABELS = {"f1": "F1", "auc": "ROC AUC", "precision": "precision", "recall": "recall"}
-# args.json keys that say where a run's files were or how it was started, not how it was trained:
-# they never name a row. Any other key (including ones added later) names a row when it differs.
-NOT_SETTINGS = frozenset({"model", "data_dir", "label_dir", "landmark_dir", "command", "resume", "output_dir",
-                          "cache_dir", "fold", "workers", "device", "quiet", "evaluate", "bootstrap", "seeds"})
 DIFFERENCE_KEYS = ("f1", "auc")
 DEFAULT_OUT = "comparison"
 
@@ -75,148 +72,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-# ----------------------------------------------------------------------------- reading a run
-
-
-@dataclass
-class Run:
-    """One finished run: the folder as the user typed it, its settings (args.json) and its results.json."""
-
-    label: str
-    path: Path
-    args: dict
-    results: dict
-
-    @property
-    def aus(self) -> list[int]:
-        return self.results["aus"]
-
-    def get(self, key: str) -> Any:
-        """A protocol field from results.json, else from args.json (older files may lack it)."""
-        return self.results.get(key, self.args.get(key))
-
-
-def read_json_object(path: Path, fix: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"{path} cannot be read as JSON ({e}): {fix}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} does not hold a JSON object: {fix}")
-    return data
-
-
-def is_value(value: Any) -> bool:
-    """A metric value as results.json holds it: a finite number, or null where the metric does not exist."""
-    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
-
-
-def check_results(results: dict, path: Path, fix: str) -> None:
-    """Refuse a results.json that lacks what the table needs, naming the first thing missing."""
-    def bad(what: str) -> UserError:
-        return UserError(f"{path} is malformed ({what}): {fix}")
-
-    if not isinstance(results.get("model"), str):
-        raise bad("no model name")
-    aus = results.get("aus")
-    if not isinstance(aus, list) or not aus or not all(isinstance(a, int) and not isinstance(a, bool) for a in aus):
-        raise bad("aus is not a list of AU numbers")
-    per_au, macro = results.get("per_au"), results.get("macro")
-    if not isinstance(per_au, dict) or not isinstance(macro, dict):
-        raise bad("no per_au or macro metrics")
-    for name, scores in [*((utils.au_name(a), per_au.get(utils.au_name(a))) for a in aus), ("macro", macro)]:
-        if not isinstance(scores, dict) or not all(k in scores and is_value(scores[k]) for k in metrics.METRIC_KEYS):
-            raise bad(f"{name} lacks a number or null for one of {', '.join(metrics.METRIC_KEYS)}")
-
-
-def fold_progress(path: Path, settings: dict) -> str:
-    """How far an unfinished run got: "3 of 10 folds" (foldK/predictions.csv written)."""
-    kfold = settings.get("kfold")
-    if isinstance(kfold, int) and not isinstance(kfold, bool) and kfold > 0:
-        done = sum((path / f"fold{k}" / "predictions.csv").is_file() for k in range(kfold))
-        return f"{done} of {kfold} folds"
-    return f"{len(list(path.glob('fold*/predictions.csv')))} folds"
-
-
-def read_run(label: str) -> Run:
-    """Read one run folder (a results.json or args.json names its folder too); a UserError says what is wrong."""
-    path = Path(label)
-    if path.is_file() and path.name in ("results.json", "args.json"):
-        path = path.parent
-        label = str(path)
-    if not path.exists():
-        raise UserError(f"{label} does not exist: give a run folder main.py created")
-    if not path.is_dir():
-        raise UserError(f"{label} is not a folder: give a run folder main.py created")
-    has_args, has_results = (path / "args.json").is_file(), (path / "results.json").is_file()
-    if (path / "seeds.json").is_file():
-        names = ", ".join(str(p) for p in sorted(path.glob("seed[0-9]*")) if p.is_dir())
-        raise UserError(f"{label} is a --seeds run: its results.json is the spread across seeds; compare its seeds' "
-                        f"run folders instead ({names or label + '/seed0, ...'})")
-    if not has_args and not has_results:
-        raise UserError(f"{label} is not a run folder (no results.json or args.json): give a folder main.py created")
-    if not has_results:
-        settings = read_json_object(path / "args.json", "restore it from the run")
-        raise UserError(f"{label} is unfinished: {fold_progress(path, settings)} have predictions "
-                        f"(foldK/predictions.csv) and there is no results.json yet: finish it with "
-                        f"python main.py --resume {shlex.quote(label)}")
-    if not has_args:
-        raise UserError(f"{label} has results.json but no args.json, so its settings are unknown: "
-                        f"give the run folder main.py created")
-    fix = f"delete it and resume the run (python main.py --resume {shlex.quote(label)}) to write it again"
-    results = read_json_object(path / "results.json", fix)
-    check_results(results, path / "results.json", fix)
-    settings = read_json_object(path / "args.json", "restore it from the run")
-    return Run(label=label, path=path, args=settings, results=results)
-
-
-def read_runs(labels: list[str]) -> list[Run]:
-    """The usable runs among `labels`. Each one that is not is a warning line, or, when none is usable,
-    the one-line error."""
-    runs, problems, seen = [], [], set()
-    for label in labels:
-        try:
-            run = read_run(label)
-        except UserError as e:
-            problems.append(str(e))
-            continue
-        if run.path.resolve() in seen:
-            log.warning("%s is given twice: shown once", label)
-            continue
-        seen.add(run.path.resolve())
-        runs.append(run)
-    if not runs:
-        if len(problems) == 1:
-            raise UserError(problems[0])
-        raise UserError(f"none of the {len(problems)} folders is a finished run: " + "; ".join(problems))
-    for problem in problems:
-        log.warning("skipped: %s", problem)
-    return runs
-
-
 # ----------------------------------------------------------------------------- naming the rows
 
 
 def setting_keys(runs: list[Run]) -> list[str]:
-    """The args.json settings whose values differ between the runs: those every row names first (so
-    the rows line up), then the others, each in args.json order."""
-    keys: dict[str, None] = {}
-    for run in runs:
-        keys.update(dict.fromkeys(k for k in run.args if k not in NOT_SETTINGS and not k.endswith("_dir")))
+    """The run settings (settings.ROW_SETTINGS) whose values differ between the runs: those every row
+    names first (so the rows line up), then the others, each in the table's order."""
+    keys = [k for k in settings.ROW_SETTINGS if any(k in run.args for run in runs)]
     differ = [k for k in keys if len({json.dumps(run.args.get(k), sort_keys=True) for run in runs}) > 1]
     return sorted(differ, key=lambda k: not all(flag(k, run.args.get(k)) for run in runs))
 
 
 def flag(key: str, value: Any) -> str | None:
     """A setting as it is typed on main.py's command line; None for a flag that was not given."""
-    name = "--" + key.replace("_", "-")
-    if value is None or value is False:
-        return None
-    if value is True:
-        return name
-    if isinstance(value, (list, tuple)):
-        value = ",".join(str(v) for v in value)
-    return f"{name} {shlex.quote(str(value))}"
+    return settings.BY_DEST[key].as_typed(value)
 
 
 def row_names(runs: list[Run]) -> list[str]:
@@ -311,17 +180,17 @@ def compare(runs: list[Run], metric: str) -> Comparison:
 # ----------------------------------------------------------------------------- paired differences
 
 
-def read_pooled(run: Run) -> tuple[list[str], list[str], np.ndarray, np.ndarray] | None:
-    """A run's pooled predictions (ids, subjects, targets, probs), or None (with an info line) without them."""
+def read_pooled(run: Run) -> metrics.FoldPredictions | None:
+    """A run's pooled predictions, or None (with an info line) without them."""
     path = run.path / "predictions.csv"
     if not path.is_file():
         log.info("%s has no predictions.csv: no paired difference for it", run.label)
         return None
-    ids, subjects, _, aus, targets, probs = metrics.read_predictions(path)
+    pooled, aus = metrics.FoldPredictions.read(path)
     if list(aus) != list(run.aus):
         raise UserError(f"{path} holds AUs {aus}, but {run.path / 'results.json'} scores {run.aus}: "
                         f"delete the results and resume the run to write them again")
-    return ids, subjects, targets, probs
+    return pooled
 
 
 def pair_runs(runs: list[Run], baseline: int, n_resamples: int, seed: int
@@ -334,7 +203,7 @@ def pair_runs(runs: list[Run], baseline: int, n_resamples: int, seed: int
     base = read_pooled(runs[baseline])
     if base is None:
         return None, None, []
-    ids, subjects, targets, probs = base
+    ids, subjects, targets, probs = base.ids, base.subjects, base.targets, base.probs
     by_sequence = runs[baseline].get("split") == "sequence"
     resampling = intervals.draw(ids if by_sequence else subjects, n_resamples, seed,
                                 "sequence" if by_sequence else "subject")
@@ -345,14 +214,14 @@ def pair_runs(runs: list[Run], baseline: int, n_resamples: int, seed: int
         if pooled is None:
             differences.append(None)
             continue
-        if sorted(pooled[0]) != sorted(ids):
+        if sorted(pooled.ids) != sorted(ids):
             warnings.append(f"{run.label} was scored on other sequences than {runs[baseline].label} "
-                            f"({len(pooled[0])} against {len(ids)}, {len(set(pooled[0]) & set(ids))} shared): "
+                            f"({len(pooled)} against {len(ids)}, {len(set(pooled.ids) & set(ids))} shared): "
                             f"not paired, no difference")
             differences.append(None)
             continue
-        order = np.array([position[s] for s in pooled[0]]).argsort()  # the other run's rows in the baseline's order
-        other = (pooled[2][order], pooled[3][order])
+        order = np.array([position[s] for s in pooled.ids]).argsort()  # the other run's rows in the baseline's order
+        other = (pooled.targets[order], pooled.probs[order])
         point = {k: (runs[baseline].results["macro"][k], run.results["macro"][k]) for k in DIFFERENCE_KEYS}
         differences.append(intervals.paired_differences(
             resampling, (targets, probs), other, runs[baseline].get("threshold") or 0.5,

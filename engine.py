@@ -2,8 +2,8 @@
 
 Reads top to bottom: the device, the data and the folds, what a batch is made of (`Inputs`),
 the loss, `train_one_epoch`, `evaluate`, and `train_fold`, which trains one fold from fresh
-weights (or its checkpoint) and returns the fold's test probabilities. Everything a function
-needs is passed to it; nothing here reads global state.
+weights (or its checkpoint) and returns the fold's test probabilities (crossval.py runs every
+fold of a run). Everything a function needs is passed to it; nothing here reads global state.
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from torch import nn
 import checkpoints
 import dataset
 import geometry
-import metrics
 import models
 import preprocess
 import runs
@@ -269,24 +268,25 @@ def make_optimizer(model: models.AUNet, args) -> torch.optim.SGD:
 
 
 def train_one_epoch(model: models.AUNet, criterion: nn.Module, optimizer, scaler, inputs: Inputs,
-                    train_idx: torch.Tensor, device: torch.device, args, generator: torch.Generator,
-                    progress) -> float:
-    """One pass over `train_idx` in the generator's order -> the mean training loss."""
+                    train_idx: torch.Tensor, device: torch.device, generator: torch.Generator, progress, *,
+                    batch_size: int, loss: str, amp: bool = False) -> float:
+    """One pass over `train_idx` in the generator's order, in batches of `batch_size`, with the
+    --loss reduction `loss` (and autocast with `amp` on CUDA) -> the mean training loss."""
     model.train()
     order = train_idx[torch.randperm(len(train_idx), generator=generator)]
     total, count = torch.zeros((), device=device), 0
-    for idx in order.split(args.batch_size):
+    for idx in order.split(batch_size):
         if len(idx) == 1 and len(order) > 1:
             continue  # BatchNorm cannot train on a batch of one; skipped for every model alike
         batch = inputs.batch(idx, device, generator, train=True)
         y = inputs.labels[idx].to(device, non_blocking=True)
-        with autocast(device, args.amp):
-            loss = au_loss(criterion, inputs.forward(model, batch), y, args.loss)
+        with autocast(device, amp):
+            batch_loss = au_loss(criterion, inputs.forward(model, batch), y, loss)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        scaler.scale(batch_loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        total += loss.detach() * len(idx)  # stays on the device: no sync per batch
+        total += batch_loss.detach() * len(idx)  # stays on the device: no sync per batch
         count += len(idx)
         progress.update(len(idx))
     return (total / max(count, 1)).item()
@@ -360,21 +360,36 @@ def fresh_model(args, num_aus: int, start: start_weights.StartingWeights, frozen
     return start.build(args.model, num_aus, args.freeze_backbone, geometry=args.geometry)
 
 
-def train_fold(fold: int, train_idx: np.ndarray, test_idx: np.ndarray, data: dataset.CKPlusDataset,
-               inputs: Inputs, aus: list[int], args, device: torch.device, fold_dir: Path, clock: Clock,
-               frozen_backbone: dict | None = None, start: start_weights.StartingWeights | None = None) -> np.ndarray:
-    """Train one fold from fresh weights (or its checkpoint) and return its test probabilities.
+@dataclass
+class FoldRun:
+    """What every fold of a run shares: the data and its inputs, the AUs, the run's settings, the
+    device, the clock, and the weights folds start from: the run's `frozen_backbone` (shared by
+    every fold), else `start` (--weights)."""
+
+    data: dataset.CKPlusDataset
+    inputs: Inputs
+    aus: list[int]
+    args: argparse.Namespace
+    device: torch.device
+    clock: Clock
+    frozen_backbone: dict | None = None
+    start: start_weights.StartingWeights | None = None
+
+
+def train_fold(fold: int, train_idx: np.ndarray, test_idx: np.ndarray, fold_dir: Path, run: FoldRun) -> np.ndarray:
+    """Train one fold from fresh weights (or its checkpoint) into `fold_dir` and return its test probabilities.
 
     `train_idx`/`test_idx` are sequences: training takes every row of the training sequences
     (with --frames, the frames before their peaks too), the test scores their peak frames.
-    With `frozen_backbone` (the run's, shared by every fold) only the head starts fresh;
-    otherwise the model starts from `start` (--weights)."""
+    With the run's frozen backbone only the head starts fresh; otherwise the model starts from
+    `run.start` (--weights)."""
+    data, inputs, aus, args, device, clock = run.data, run.inputs, run.aus, run.args, run.device, run.clock
     fold_dir.mkdir(parents=True, exist_ok=True)
     utils.clean_temp_files(fold_dir)
     ckpt_path = fold_dir / checkpoints.CHECKPOINT
-    start = start or start_weights.StartingWeights.none()
+    start = run.start or start_weights.StartingWeights.none()
     torch.manual_seed(args.seed + fold)  # fresh weights for every fold, the same on a re-run
-    model = fresh_model(args, len(aus), start, frozen_backbone)
+    model = fresh_model(args, len(aus), start, run.frozen_backbone)
     model.to(device)
     if inputs.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -415,8 +430,8 @@ def train_fold(fold: int, train_idx: np.ndarray, test_idx: np.ndarray, data: dat
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))  # dropout
         lr = optimizer.param_groups[-1]["lr"]  # the head's: --lr as scheduled (the backbone's is --backbone-lr x it)
         with clock.bar(len(train_t), f"fold {fold} epoch {epoch + 1}/{args.epochs}") as progress:
-            loss = train_one_epoch(model, criterion, optimizer, scaler, inputs, train_t, device, args, generator,
-                                   progress)
+            loss = train_one_epoch(model, criterion, optimizer, scaler, inputs, train_t, device, generator, progress,
+                                   batch_size=args.batch_size, loss=args.loss, amp=args.amp)
         if not math.isfinite(loss):
             raise Diverged(
                 f"fold {fold} epoch {epoch + 1}: the loss became {loss} (the learning rate {lr:g} is likely too "
@@ -434,123 +449,3 @@ def train_fold(fold: int, train_idx: np.ndarray, test_idx: np.ndarray, data: dat
         log.info("fold %d epoch %d/%d  loss %.4f  lr %.3g  %.1fs  (%s left)", fold, epoch + 1, args.epochs, loss, lr,
                  seconds, clock.eta())
     return evaluate(model, inputs, test_t, device, args.batch_size, args.amp, args.tta)
-
-
-# ----------------------------------------------------------------------------- every fold of a run
-
-
-def train_folds(args: argparse.Namespace, run_dir: Path, data: dataset.CKPlusDataset, aus: list[int],
-                folds: list[np.ndarray], device: torch.device, start: start_weights.StartingWeights | None) -> dict | None:
-    """The folds of an open run folder that are not finished (and --final), then the pooled results
-    once every fold is in (printed, and returned)."""
-    to_run = [args.fold] if args.fold is not None else list(range(args.kfold))
-    fold_dirs = [run_dir / f"fold{k}" for k in range(args.kfold)]
-    pending = [k for k in to_run
-               if not checkpoints.fold_finished(fold_dirs[k], args, aus, k, [data.ids[i] for i in folds[k]])]
-    for k in sorted(set(to_run) - set(pending)):
-        log.info("fold %d: finished earlier, kept", k)
-
-    backbone = None
-    trains = bool(pending) or (args.final and args.fold is None)
-    if trains:
-        start = start or start_weights.starting_weights(args)
-        log.info("weights: %s", ", ".join(f"{k} {v}" for k, v in start.record.items()))
-    if args.freeze_backbone and trains:
-        backbone = start_weights.run_backbone(run_dir, args, len(aus), start)
-        if args.weights == "none":
-            log.warning("--freeze-backbone with --weights none trains a head on random features")
-    inputs = make_inputs(data, args, device, backbone)
-
-    clock = Clock((args.epochs - args.start_epoch) * len(pending), args.quiet)
-    trained = {}
-    current = None
-    threads = torch.get_num_threads()
-    if inputs.features is not None and device.type == "cpu":
-        # Training a linear head on cached features is thousands of tiny matrix products: one
-        # thread is as fast, and several spin-wait each other to a crawl on a busy CPU (the
-        # 593x10x100 protocol measured 6.6 s with one thread, 330 s with two under load).
-        torch.set_num_threads(1)
-    try:
-        for k in pending:
-            current = k
-            test_idx = folds[k]
-            train_idx = np.setdiff1d(np.arange(len(data)), test_idx)
-            log.info("fold %d/%d: %d train, %d test sequences", k, args.kfold, len(train_idx), len(test_idx))
-            warn_missing_in_fold(k, data.labels.numpy(), train_idx, test_idx, aus)
-            probs = train_fold(k, train_idx, test_idx, data, inputs, aus, args, device, fold_dirs[k], clock,
-                               backbone, start)
-            trained[k] = ([data.ids[i] for i in test_idx], [data.subjects[i] for i in test_idx], [k] * len(test_idx),
-                          data.labels[test_idx].numpy(), probs)
-            metrics.write_predictions(fold_dirs[k] / "predictions.csv", *trained[k][:2], aus, *trained[k][3:],
-                                      fold=trained[k][2])
-        current = "final"
-        if args.final and args.fold is None:
-            train_final(data, inputs, aus, args, device, run_dir, clock, backbone, start)
-    except KeyboardInterrupt:
-        where = f"fold {current}" if current != "final" else "the final model"
-        print(f"\ninterrupted in {where}; every finished epoch is saved. Resume with:\n"
-              f"  {runs.resume_command(run_dir, args)}", file=sys.stderr)
-        raise SystemExit(130)
-    finally:
-        torch.set_num_threads(threads)
-
-    # another job's fold counts once it reached this run's epochs (after an --epochs extension its
-    # predictions.csv may still be the shorter run's)
-    finished_before = set(to_run) - set(pending)  # checked above: their checkpoints need not be read again
-    done = [k for k in range(args.kfold)
-            if k in trained or k in finished_before
-            or checkpoints.fold_finished(fold_dirs[k], args, aus, k, [data.ids[i] for i in folds[k]])]
-    if len(done) < args.kfold:
-        log.info("%d of %d folds done in %s (%s on disk); the run's results are written when the last fold "
-                 "finishes", len(done), args.kfold, run_dir, utils.format_bytes(utils.folder_size(run_dir)))
-        return None
-    parts = [trained[k] if k in trained else runs.read_fold_predictions(fold_dirs[k], aus) for k in done]
-    results = runs.write_results(run_dir, args, aus, parts)
-    print(metrics.format_table(results, results["model"]))
-    print(f"\nrun folder: {run_dir} ({utils.format_bytes(utils.folder_size(run_dir))} on disk)")
-    return results
-
-
-def train_final(data, inputs: Inputs, aus: list[int], args, device: torch.device, run_dir: Path,
-                clock: Clock, backbone: dict | None, start: start_weights.StartingWeights | None) -> None:
-    """One more model on every sequence: the deployable model (the k-fold table stays the estimate)."""
-    final_dir = run_dir / "final"
-    if checkpoints.checkpoint_finished(final_dir / checkpoints.CHECKPOINT, args, aus, args.kfold, []):
-        return
-    clock.epochs_left += args.epochs - args.start_epoch
-    log.info("final model: training on all %d sequences", len(data))
-    train_fold(args.kfold, np.arange(len(data)), np.array([], dtype=int), data, inputs, aus, args, device,
-               final_dir, clock, backbone, start)
-
-
-def evaluate_checkpoints(args: argparse.Namespace, fold_dirs: list[Path], checkpoint: Path | None,
-                         out_dir: Path) -> tuple[list[int], list[tuple]]:
-    """-e: each fold's checkpoint (or the one `checkpoint` given) on that fold's own test sequences;
-    each fold's predictions are written under `out_dir` -> (AUs, one (ids, subjects, folds,
-    targets, probs) per fold)."""
-    device = resolve_device(args.device)
-    data, aus = load_data(args, training=False)
-    inputs = make_inputs(data, args, device)
-    index = {seq_id: i for i, seq_id in enumerate(data.ids)}
-    parts = []
-    for fold_dir in fold_dirs:
-        ckpt_path = checkpoint or fold_dir / checkpoints.CHECKPOINT
-        ckpt = checkpoints.load_fold_checkpoint(ckpt_path, args, aus, None, None)
-        missing = [s for s in ckpt["test_ids"] if s not in index]
-        if missing:
-            raise UserError(f"checkpoint {ckpt_path} was tested on {missing[0]}, which is not in the data given: "
-                            f"point at the same CK+ copy")
-        test_idx = torch.tensor([index[s] for s in ckpt["test_ids"]], dtype=torch.long)
-        model = checkpoints.build_trained_model(ckpt, ckpt_path).to(device)
-        probs = evaluate(model, inputs, test_idx, device, args.batch_size, args.amp, args.tta)
-        part = (ckpt["test_ids"], [data.subjects[i] for i in test_idx], [ckpt["fold"]] * len(test_idx),
-                data.labels[test_idx].numpy(), probs)
-        eval_dir = out_dir / fold_dir.name
-        eval_dir.mkdir(parents=True, exist_ok=True)
-        metrics.write_predictions(eval_dir / "predictions.csv", *part[:2], aus, *part[3:], fold=part[2])
-        parts.append(part)
-        log.info("%s: epoch %d checkpoint, %d test sequences", fold_dir.name, ckpt["epoch"] + 1, len(test_idx))
-        if ckpt["epoch"] + 1 < args.epochs:
-            log.warning("%s has trained %d of the run's %d epochs: these numbers are of an unfinished fold",
-                        fold_dir.name, ckpt["epoch"] + 1, args.epochs)
-    return aus, parts

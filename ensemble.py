@@ -16,6 +16,7 @@ import geometry
 import models
 import preprocess
 import runs
+import settings as run_settings
 import utils
 from utils import UserError
 
@@ -92,7 +93,7 @@ def open_ensemble(path: Path, threshold: float | None, tta: str | None = None) -
     if not isinstance(settings, dict) or any(k not in settings for k in INPUT_SETTINGS):
         raise UserError(f"{paths[0]} holds no run settings (crop, image size, normalisation): it was not written "
                         f"by this main.py; retrain")
-    settings = runs.saved_settings(settings)
+    settings = run_settings.check_complete(settings, paths[0])
     if tta is not None and tta != settings["tta"]:
         log.warning("predicting with --tta %s; the run was trained and scored with --tta %s", tta, settings["tta"])
     tta = tta or settings["tta"]

@@ -5,7 +5,8 @@
     python main.py --demo                                              # synthetic CK+, a few minutes on a CPU
 
 Only the command line: the arguments, then `train` and `evaluate_run`, which call the library
-(engine.py trains, runs.py keeps the run folder, checkpoints.py its checkpoints, metrics.py scores).
+(engine.py trains a fold, crossval.py every fold of a run, runs.py keeps the run folder,
+checkpoints.py its checkpoints, settings.py declares the run settings, metrics.py scores).
 """
 from __future__ import annotations
 
@@ -21,14 +22,15 @@ from pathlib import Path
 import checkpoints
 import ckplus
 import crop_cache
+import crossval
 import dataset
 import engine
-import intervals
 import metrics
 import models
 import preprocess
 import runs
 import seeds
+import settings
 import start_weights
 import utils
 from utils import UserError
@@ -50,24 +52,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.add_argument("data_dir", nargs="?", metavar="DATA_DIR", help="CK+ frames: .../cohn-kanade-images")
     d.add_argument("label_dir", nargs="?", metavar="LABEL_DIR", help="FACS labels: .../FACS_labels/FACS")
     d.add_argument("landmark_dir", nargs="?", metavar="LANDMARK_DIR", help="landmarks: .../Landmarks/Landmarks")
-    d.add_argument("--aus", metavar="LIST", default=None,
+    d.add_argument("--aus", metavar="LIST", default=settings.default("aus"),
                    help="AUs to recognise, e.g. 1,2,4 (default: 1,2,4,5,6,7,12,15,17,25)")
-    d.add_argument("--min-count", type=int, metavar="N", default=None,
+    d.add_argument("--min-count", type=int, metavar="N", default=settings.default("min_count"),
                    help="instead of --aus, keep the AUs coded in more than N sequences (the original's rule: 90)")
-    d.add_argument("--crop", choices=preprocess.CROP_MODES, default=None,
+    d.add_argument("--crop", choices=preprocess.CROP_MODES, default=settings.default("crop"),
                    help="face crop from the landmarks: square keeps the face's shape, original is the "
                         "original program's stretched rectangle (default: square)")
-    d.add_argument("--margin", type=float, default=preprocess.DEFAULT_MARGIN, metavar="F",
+    d.add_argument("--margin", type=float, default=settings.default("margin"), metavar="F",
                    help="square crop: extra side around the landmark box, as a fraction")
-    d.add_argument("--crop-fill", choices=preprocess.CROP_FILLS, default="image",
+    d.add_argument("--crop-fill", choices=preprocess.CROP_FILLS, default=settings.default("crop_fill"),
                    help="a square crop past the frame: image shifts it inside (or repeats the edge); black pads it")
-    d.add_argument("--image-size", type=int, metavar="PX", default=None,
+    d.add_argument("--image-size", type=int, metavar="PX", default=settings.default("image_size"),
                    help="model input size (default: the backbone's own, 224; 299 for inception)")
-    d.add_argument("--norm", choices=preprocess.NORM_MODES, default=None,
+    d.add_argument("--norm", choices=preprocess.NORM_MODES, default=settings.default("norm"),
                    help="input normalisation: the backbone weights' mean/std, or half (0.5/0.5, the original's) "
                         "(default: weights)")
     d.add_argument("--augment", action="store_true", help="random flips and small affine jitter on training batches")
-    d.add_argument("--frames", type=int, default=1, metavar="N",
+    d.add_argument("--frames", type=int, default=settings.default("frames"), metavar="N",
                    help="train on the last N frames of each training sequence, each with its own landmarks and "
                         "the sequence's labels; test folds are scored on the peak alone (default: 1, as the original)")
     d.add_argument("--skip-bad", action="store_true", help="skip bad sequences with a warning instead of stopping")
@@ -78,12 +80,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-cache", action="store_true", help="do not read or write the crop cache")
 
     m = p.add_argument_group("model")
-    m.add_argument("--model", metavar="NAME", default=None,
+    m.add_argument("--model", metavar="NAME", default=settings.default("model"),
                    help="backbone: alexnet vgg16 vgg16_bn vgg19 res18 res50 res101 inception, or any torchvision "
                         "classification model, or landmarks: no image, the landmarks' geometry alone (default: alexnet)")
     m.add_argument("--geometry", action="store_true",
                    help="also feed each frame's normalised 68 landmarks through a branch joining the AU head")
-    m.add_argument("--weights", metavar="NAME|FILE", default="DEFAULT",
+    m.add_argument("--weights", metavar="NAME|FILE", default=settings.default("weights"),
                    help="the backbone's starting weights: a torchvision weights name of --model (DEFAULT, "
                         "IMAGENET1K_V1, ...), none (random: train from scratch), or a file: a state dict of the "
                         "torchvision model, or a checkpoint.pth of an earlier run of this program (its backbone; "
@@ -97,43 +99,43 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "of computing its features once (same predictions, slower)")
 
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=100, metavar="N", help="epochs per fold")
-    o.add_argument("--step", type=int, default=20, metavar="N", help="multiply the learning rate by --gamma every N epochs")
-    o.add_argument("--gamma", type=float, default=0.5, metavar="F", help="learning-rate decay factor")
-    o.add_argument("--start-epoch", type=int, default=0, metavar="N",
+    o.add_argument("--epochs", type=int, default=settings.default("epochs"), metavar="N", help="epochs per fold")
+    o.add_argument("--step", type=int, default=settings.default("step"), metavar="N", help="multiply the learning rate by --gamma every N epochs")
+    o.add_argument("--gamma", type=float, default=settings.default("gamma"), metavar="F", help="learning-rate decay factor")
+    o.add_argument("--start-epoch", type=int, default=settings.default("start_epoch"), metavar="N",
                    help="manual epoch number to start at (the schedule starts there too)")
-    o.add_argument("-b", "--batch-size", type=int, default=32, metavar="N", help="mini-batch size")
-    o.add_argument("--lr", "--learning-rate", type=float, default=0.01, metavar="LR", dest="lr",
+    o.add_argument("-b", "--batch-size", type=int, default=settings.default("batch_size"), metavar="N", help="mini-batch size")
+    o.add_argument("--lr", "--learning-rate", type=float, default=settings.default("lr"), metavar="LR", dest="lr",
                    help="initial learning rate of the AU head, and (times --backbone-lr) of the backbone. With "
                         "--loss mean it is the rate torchvision's and timm's recipes mean; with --loss sum each "
                         "AU's loss gets it (a shared backbone then moves as at A x LR with the mean, A AUs)")
-    o.add_argument("--backbone-lr", type=float, default=1.0, metavar="F",
+    o.add_argument("--backbone-lr", type=float, default=settings.default("backbone_lr"), metavar="F",
                    help="the backbone's learning rate as a fraction of --lr (its own parameter group; --step "
                         "decays both). On real faces a slower backbone alone measured worse than one rate for "
                         "all (README: On your CK+ copy)")
-    o.add_argument("--loss", choices=engine.LOSS_MODES, default="auto",
+    o.add_argument("--loss", choices=engine.LOSS_MODES, default=settings.default("loss"),
                    help="combining the per-AU binary cross-entropies: mean over images and AUs (fine-tuning); "
                         "sum, the mean over images summed over AUs (the original's: each AU's head is its own "
                         "logistic regression at --lr); auto: sum with --freeze-backbone, else mean")
-    o.add_argument("--momentum", type=float, default=0.9, metavar="M", help="SGD momentum")
-    o.add_argument("--wd", "--weight-decay", type=float, default=1e-4, metavar="W", dest="wd", help="weight decay")
+    o.add_argument("--momentum", type=float, default=settings.default("momentum"), metavar="M", help="SGD momentum")
+    o.add_argument("--wd", "--weight-decay", type=float, default=settings.default("wd"), metavar="W", dest="wd", help="weight decay")
     o.add_argument("--pos-weight", action="store_true",
                    help="weight each AU's positives by negatives/positives of the training part of each fold")
-    o.add_argument("--threshold", type=float, default=0.5, metavar="P", help="an AU is on when its probability is above P")
-    o.add_argument("--bootstrap", type=int, default=intervals.DEFAULT_RESAMPLES, metavar="N",
+    o.add_argument("--threshold", type=float, default=settings.default("threshold"), metavar="P", help="an AU is on when its probability is above P")
+    o.add_argument("--bootstrap", type=int, default=settings.default("bootstrap"), metavar="N",
                    help="95%% intervals of every result from N resamples of the subjects (of the sequences under "
                         "--split sequence), seeded from --seed; 0: none. May change on --resume and -e")
 
     c = p.add_argument_group("cross-validation")
-    c.add_argument("--kfold", type=int, default=10, metavar="K", help="number of folds")
-    c.add_argument("--split", choices=("subject", "sequence"), default="subject",
+    c.add_argument("--kfold", type=int, default=settings.default("kfold"), metavar="K", help="number of folds")
+    c.add_argument("--split", choices=("subject", "sequence"), default=settings.default("split"),
                    help="subject: no subject in both train and test; sequence: the original's shuffled folds "
                         "over sequences (random_state 20)")
     c.add_argument("--fold", type=int, default=None, metavar="K",
                    help="run only fold K (0-based), e.g. one fold per job; the run merges when all folds are in")
     c.add_argument("--final", action="store_true",
                    help="after the folds, train one more model on every sequence (for predict.py)")
-    c.add_argument("--tta", choices=engine.TTA_MODES, default=None,
+    c.add_argument("--tta", choices=engine.TTA_MODES, default=settings.default("tta"),
                    help="test-time augmentation: flip scores each test face by the mean probability of it and its "
                         "mirror image; -e and predict.py use the run's unless told (default: none)")
 
@@ -146,7 +148,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("-j", "--workers", type=int, default=None, metavar="N",
                    help="processes that decode and crop frames when the crop cache is cold (0: in this process) "
                         "(default: one per CPU core, at most 4)")
-    r.add_argument("--seed", type=int, default=0, metavar="S", help="seed for weights, batch order and augmentation")
+    r.add_argument("--seed", type=int, default=settings.default("seed"), metavar="S", help="seed for weights, batch order and augmentation")
     r.add_argument("--seeds", type=int, default=1, metavar="N",
                    help="train the whole run N times, with seeds S, S+1, ..., into RUN/seed0/, RUN/seed1/, ..., and "
                         "report each figure's mean and spread across them (--resume and -e take RUN)")
@@ -186,22 +188,15 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def fill_defaults(args: argparse.Namespace) -> None:
-    """Defaults that depend on other flags: stated in --help, applied here."""
-    if args.model is None:
-        args.model = "alexnet"
+    """Defaults that depend on other flags (or on the machine): stated in --help, applied here; the
+    constant ones are the parser's, from settings.SETTINGS."""
     if args.cache_dir is None:
         args.cache_dir = str(dataset.default_cache_dir())
     if args.workers is None:
         args.workers = min(4, os.cpu_count() or 1)
-    if args.crop is None:
-        args.crop = "square"
-    if args.norm is None:
-        args.norm = "weights"
     if args.image_size is None:
         args.image_size = models.model_config(args.model).input_size
     args.loss = engine.resolve_loss(args.loss, args.freeze_backbone)
-    if args.tta is None:
-        args.tta = "none"
     if args.model == models.LANDMARKS:  # no backbone: no weights; the geometry is the model
         args.weights = "none" if args.weights == "DEFAULT" else args.weights
         args.geometry = True
@@ -217,26 +212,18 @@ def fill_defaults(args: argparse.Namespace) -> None:
 def prepare_demo(args: argparse.Namespace) -> None:
     """Point the run at a cached synthetic CK+ and small settings that finish in a minute on a CPU;
     the settings are defaults: a flag the user typed wins, and the log says what the demo used."""
-    given = [role for role in ("data_dir", "label_dir", "landmark_dir") if role in typed(args)]
+    given = [role for role in ("data_dir", "label_dir", "landmark_dir") if role in args.typed]
     if given:
         raise UserError("--demo trains on its own synthetic CK+: drop DATA_DIR LABEL_DIR LANDMARK_DIR, "
                         "or drop --demo to train on your copy")
     root = dataset.ensure_demo_tree(args.cache_dir)
     args.data_dir, args.label_dir, args.landmark_dir = map(str, ckplus.training_dirs(root))
     for key, value in DEMO.items():
-        if key not in typed(args):
+        if key not in args.typed:
             setattr(args, key, value)
-    used = " ".join(runs.describe_flag(key, getattr(args, key)) + (" (typed)" if key in typed(args) else "")
+    used = " ".join(settings.describe(key, getattr(args, key)) + (" (typed)" if key in args.typed else "")
                     for key in DEMO)
     log.info("demo settings: %s", used)
-
-
-def typed(args: argparse.Namespace) -> set[str]:
-    """The dests of the flags the user typed (recorded by `cli`; for args built another way, those
-    whose value is not the parser's default)."""
-    if getattr(args, "typed", None) is None:
-        args.typed = runs.non_default_settings(args, get_args_parser())
-    return args.typed
 
 
 # ----------------------------------------------------------------------------- modes
@@ -248,17 +235,17 @@ def train(args: argparse.Namespace) -> dict | None:
     if args.resume:
         resume_dir, fold_from_ckpt = runs.locate_run(Path(args.resume))
         source = resume_dir / "args.json"
-        saved = runs.read_args_json(source)
-        runs.refuse_changed_settings(args, saved, source, f"--resume {args.resume}", typed(args), allowed=("epochs",))
+        saved = settings.read_run_settings(source)
+        settings.refuse_changed(args, saved, source, f"--resume {args.resume}", args.typed)
         if args.output_dir and Path(args.output_dir).resolve() != resume_dir.resolve():
             raise UserError(f"--output-dir {args.output_dir}: --resume continues {resume_dir} in place; "
                             f"drop --output-dir, or start a new run there without --resume")
         if fold_from_ckpt is not None and args.fold is not None and args.fold != fold_from_ckpt:
             raise UserError(f"--fold {args.fold}: --resume {args.resume} is fold {fold_from_ckpt}'s checkpoint; "
                             f"drop --fold, or resume {resume_dir} --fold {args.fold}")
-        extend = "epochs" in typed(args) and args.epochs != saved.get("epochs")
-        extended_from = saved.get("epochs") if extend else None
-        runs.adopt_saved_settings(args, saved, keep=runs.typed_scoring(typed(args)) + (("epochs",) if extend else ()))
+        extend = "epochs" in args.typed and args.epochs != saved["epochs"]
+        extended_from = saved["epochs"] if extend else None
+        settings.adopt(args, saved, keep=settings.typed_scoring(args.typed) + (("epochs",) if extend else ()))
         if fold_from_ckpt is not None:
             args.fold = fold_from_ckpt
     fill_defaults(args)
@@ -288,7 +275,7 @@ def train(args: argparse.Namespace) -> dict | None:
                  "last epoch and the learning-rate schedule goes on%s", run_dir, extended_from, args.epochs,
                  "; their momentum restarts from zero" if args.momentum else "")
     try:
-        return engine.train_folds(args, run_dir, data, aus, folds, device, start)
+        return crossval.train_folds(args, run_dir, data, aus, folds, device, start)
     except utils.DiskFull as e:
         raise e.with_fix(f"free some space, then continue with: {runs.resume_command(run_dir, args)}") from None
 
@@ -301,8 +288,8 @@ def evaluate_run(args: argparse.Namespace) -> dict:
     run_dir, fold_from_ckpt = runs.locate_run(path)
     source = run_dir / "args.json"
     # -e --tta may differ from the run's: a question asked of its checkpoints, not a contradiction
-    saved = runs.read_args_json(source)
-    runs.refuse_changed_settings(args, saved, source, "-e --resume", typed(args), allowed=("tta",))
+    saved = settings.read_run_settings(source)
+    settings.refuse_changed(args, saved, source, "-e --resume", args.typed, evaluating=True)
     if args.fold is not None:  # -e --resume RUN --fold K: that fold's checkpoint
         if path.is_file() and fold_from_ckpt != args.fold:
             raise UserError(f"--fold {args.fold}: {path} is the checkpoint of "
@@ -311,8 +298,8 @@ def evaluate_run(args: argparse.Namespace) -> dict:
         if not path.is_file():
             raise UserError(f"--fold {args.fold}: {path} does not exist: train that fold first "
                             f"(--resume {run_dir} --fold {args.fold})")
-    asked_tta = args.tta
-    runs.adopt_saved_settings(args, saved, keep=runs.typed_scoring(typed(args)))
+    asked_tta = args.tta if "tta" in args.typed else None
+    settings.adopt(args, saved, keep=settings.typed_scoring(args.typed))
     trained_tta = args.tta
     if asked_tta is not None and asked_tta != trained_tta:
         log.warning("evaluating with --tta %s; the run was trained and scored with --tta %s, so the figures will "
@@ -334,7 +321,7 @@ def evaluate_run(args: argparse.Namespace) -> dict:
     if (out_dir / "args.json").is_file():
         raise UserError(f"--output-dir {out_dir} is a run folder: -e would overwrite its results; choose another")
     fold_dirs = [path.parent] if path.is_file() else [run_dir / f"fold{k}" for k in range(args.kfold)]
-    aus, parts = engine.evaluate_checkpoints(args, fold_dirs, path if path.is_file() else None, out_dir)
+    aus, parts = crossval.evaluate_checkpoints(args, fold_dirs, path if path.is_file() else None, out_dir)
     results = runs.write_results(out_dir, args, aus, parts)
     print(metrics.format_table(results, results["model"]))
     reference = run_dir / "results.json"
@@ -348,12 +335,13 @@ def evaluate_run(args: argparse.Namespace) -> dict:
 
 
 def main(args: argparse.Namespace) -> dict | None:
+    """Run what `args` asks; `args.typed`: the dests of the flags the user typed (`cli` records them)."""
     utils.setup_logging(args.quiet)
     if args.demo:
         if args.resume or args.evaluate:
             raise UserError("--demo starts a new run: drop --resume/-e, or resume the demo's run folder without --demo")
         prepare_demo(args)
-    results = seeds.run_seeds(args, typed(args), train, evaluate_run)
+    results = seeds.run_seeds(args, args.typed, train, evaluate_run)
     if args.evaluate:
         return results
     if args.demo and results is not None:
@@ -375,7 +363,7 @@ def cli(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
 
     def run(args: argparse.Namespace) -> dict | None:
-        args.typed = runs.typed_flags(get_args_parser(), argv)  # after run_cli's parse: --help and bad values are its
+        args.typed = settings.typed_flags(get_args_parser(), argv)  # after run_cli's parse: --help and bad values are its
         return main(args)
 
     return utils.run_cli(get_args_parser(), run, argv)

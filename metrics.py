@@ -10,6 +10,7 @@ import csv
 import io
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -226,6 +227,39 @@ def read_predictions(path: str | os.PathLike) -> tuple[list[str], list[str], lis
         probs.append(prob)
     return (ids, subjects, folds, aus, np.array(targets, dtype=np.float32).reshape(-1, n_aus),
             np.array(probs, dtype=np.float64).reshape(-1, n_aus))
+
+
+@dataclass
+class FoldPredictions:
+    """Test predictions, a row per sequence: of one fold, or of several pooled (`concat`). `folds`
+    holds each row's fold (None where unknown); targets and probs are (N, A), AUs in the run's order."""
+
+    ids: list[str]
+    subjects: list[str]
+    folds: list[int | None]
+    targets: np.ndarray
+    probs: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def concat(cls, parts: Sequence[FoldPredictions]) -> FoldPredictions:
+        """Several folds' predictions as one pooled set, in the order given."""
+        return cls(ids=[i for p in parts for i in p.ids], subjects=[s for p in parts for s in p.subjects],
+                   folds=[k for p in parts for k in p.folds],
+                   targets=np.concatenate([np.asarray(p.targets) for p in parts]),
+                   probs=np.concatenate([np.asarray(p.probs) for p in parts]))
+
+    def write(self, path: str | os.PathLike, aus: Sequence[int]) -> Path:
+        """predictions.csv (`write_predictions`)."""
+        return write_predictions(path, self.ids, self.subjects, aus, self.targets, self.probs, fold=self.folds)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> tuple[FoldPredictions, list[int]]:
+        """A predictions.csv -> (its predictions, its AUs)."""
+        ids, subjects, folds, aus, targets, probs = read_predictions(path)
+        return cls(ids, subjects, folds, targets, probs), aus
 
 
 def write_results(out_dir: str | os.PathLike, results: dict) -> dict[str, Path]:

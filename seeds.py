@@ -21,10 +21,11 @@ from typing import Callable
 
 import metrics
 import runs
+import settings
 import utils
 from utils import UserError
 
-log = logging.getLogger("au")
+log = logging.getLogger(utils.LOGGER_NAME)
 
 SEEDS_FILE = "seeds.json"
 METRIC_KEYS = metrics.METRIC_KEYS
@@ -101,7 +102,7 @@ def run_seeds(args: argparse.Namespace, typed: set[str], train: Callable[[argpar
                 if sibling is None:
                     raise UserError(f"--resume {root}: no seed of it has begun (no {root}/seed0/args.json), so "
                                     f"its settings are unknown: start it again with --output-dir {root}")
-                runs.adopt_saved_settings(sub, runs.read_args_json(sibling / "args.json"))
+                settings.adopt(sub, settings.read_run_settings(sibling / "args.json"))
                 sub.seed = info["seed"] + i
         log.info("seed %d of %d (--seed %d): %s", i + 1, info["seeds"], sub.seed, seed_dir)
         results.append(train(sub))

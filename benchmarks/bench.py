@@ -46,7 +46,7 @@ import dataset  # noqa: E402
 import engine  # noqa: E402
 import metrics  # noqa: E402
 import models  # noqa: E402
-import runs  # noqa: E402
+import settings  # noqa: E402
 import synthetic  # noqa: E402
 import utils  # noqa: E402
 
@@ -309,9 +309,9 @@ def bench_frozen(dirs: list[str], args, work: Path, cache: Path) -> dict:
 
 def bench_finetune(data: dataset.CKPlusDataset, args, device: torch.device, work: Path, train_images: int) -> dict:
     """engine.train_one_epoch against the bare training step on the same batches, pre-normalised."""
-    ns = argparse.Namespace(**{**dict.fromkeys(runs.RUN_SETTINGS), "model": MODEL, "norm": "weights", "augment": False,
-                               "batch_size": args.batch_size, "amp": False, "kfold": args.kfold, "loss": "sum"})
-    inputs = engine.make_inputs(data, ns, device)
+    config = models.model_config(MODEL)
+    inputs = engine.Inputs(labels=data.labels, images=data.images.to(device), mean=config.mean, std=config.std,
+                           channels_last=device.type == "cuda")  # as make_inputs builds them, unaugmented
     torch.manual_seed(args.seed)
     model = models.build_model(MODEL, len(data.aus), pretrained=False).to(device)
     if inputs.channels_last:
@@ -331,8 +331,9 @@ def bench_finetune(data: dataset.CKPlusDataset, args, device: torch.device, work
         sync(device)
         t0 = time.perf_counter()
         with engine.Clock(1, quiet=True).bar(n, "bench") as progress:  # as train_fold passes it, disabled
-            engine.train_one_epoch(model, criterion, optimizer, scaler, inputs, idx, device, ns,
-                                   engine.epoch_generator(args.seed, 0, 0), progress)
+            engine.train_one_epoch(model, criterion, optimizer, scaler, inputs, idx, device,
+                                   engine.epoch_generator(args.seed, 0, 0), progress, batch_size=args.batch_size,
+                                   loss="sum")
         sync(device)
         return time.perf_counter() - t0
 
@@ -358,12 +359,15 @@ def bench_finetune(data: dataset.CKPlusDataset, args, device: torch.device, work
 
     ckpt_dir = work / "checkpoint"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    # the settings a checkpoint records: the table's defaults, for this benchmark's model and folds
+    run_args = argparse.Namespace(**{**settings.defaults(), "model": MODEL, "kfold": args.kfold,
+                                     "batch_size": args.batch_size, "loss": "sum"})
     checkpoint_s, size = [], 0
     for epoch in range(args.repeats):
         # what train_fold writes after every epoch of a fine-tuned (unfrozen) fold
         state = checkpoints.fold_checkpoint(model, optimizer, scheduler, scaler, epoch=epoch, fold=0,
-                                            settings=runs.run_settings(ns), aus=data.aus, test_ids=data.ids[:60],
-                                            weights={"weights": "none"},
+                                            settings=settings.run_settings(run_args), aus=data.aus,
+                                            test_ids=data.ids[:60], weights={"weights": "none"},
                                             history=[{"epoch": e, "loss": 0.5, "lr": 0.01, "seconds": 1.0}
                                                      for e in range(epoch + 1)])
         t0 = time.perf_counter()

@@ -90,7 +90,6 @@ def speed(name: str, args, device: torch.device) -> list[dict]:
         torch.backends.cudnn.benchmark = autotune
         inputs = engine.Inputs(labels=labels, images=images.to(device), mean=config.mean, std=config.std,
                                channels_last=channels_last)
-        ns = argparse.Namespace(batch_size=args.batch_size, amp=amp, loss="mean")
         torch.manual_seed(args.seed)
         model = models.build_model(name, 10, pretrained=False).to(device)
         if channels_last:
@@ -102,8 +101,9 @@ def speed(name: str, args, device: torch.device) -> list[dict]:
 
         def train():
             with engine.Clock(1, quiet=True).bar(n, "bench") as progress:
-                engine.train_one_epoch(model, criterion, optimizer, scaler, inputs, idx, device, ns,
-                                       engine.epoch_generator(args.seed, 0, 0), progress)
+                engine.train_one_epoch(model, criterion, optimizer, scaler, inputs, idx, device,
+                                       engine.epoch_generator(args.seed, 0, 0), progress,
+                                       batch_size=args.batch_size, loss="mean", amp=amp)
 
         def evaluate():
             engine.evaluate(model, inputs, idx, device, args.batch_size, amp)

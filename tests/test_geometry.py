@@ -21,8 +21,9 @@ import models
 import predict
 import preprocess
 import checkpoints
-import runs
+import settings
 import synthetic
+from utils import UserError
 from conftest import FAST
 
 # ----------------------------------------------------------------------------- the normalisation
@@ -126,9 +127,10 @@ def test_crop_fill_is_part_of_the_crop_cache_key(ck, tmp_path):
     filled = dataset.CKPlusDataset(records, [1, 25], size=24, margin=3.0, fill="image", cache_dir=cache)
     assert len(list(cache.glob("crops-*.npz"))) == 2
     assert (black.images == 0).any() and not torch.equal(black.images, filled.images)
-    # an args.json from before --crop-fill (and --geometry) means what it meant
-    old = runs.saved_settings({"model": "res18"})
-    assert old["crop_fill"] == "black" and old["geometry"] is False
+    # an args.json from before --crop-fill (and --geometry) is refused in one line, not guessed
+    (tmp_path / "args.json").write_text('{"model": "res18"}')
+    with pytest.raises(UserError, match=r"args.json has no .*--geometry, --crop-fill: an older version"):
+        settings.read_run_settings(tmp_path / "args.json")
 
 
 # ----------------------------------------------------------------------------- --geometry in every path
@@ -156,11 +158,11 @@ def test_geometry_run_records_it_and_e_reproduces_it(geometry_run, fast_run, cap
     # compare.py names the setting
     plain, fused = compare.row_names(compare.read_runs([str(fast_run), str(geometry_run)]))
     assert "--geometry" in fused and "--geometry" not in plain
-    # a checkpoint saved before --geometry loads as the model it was
+    # a checkpoint saved before --geometry is refused in one line naming it, not guessed
     old = torch.load(fast_run / "fold0" / "checkpoint.pth", weights_only=True)
     del old["args"]["geometry"], old["args"]["crop_fill"]
-    model = checkpoints.build_trained_model(old, fast_run / "fold0" / "checkpoint.pth")
-    assert not model.geometry and model.geometry_branch is None
+    with pytest.raises(UserError, match=r"checkpoint.pth has no --geometry, --crop-fill: an older version"):
+        checkpoints.build_trained_model(old, fast_run / "fold0" / "checkpoint.pth")
 
 
 def test_predict_feeds_the_landmarks_to_a_geometry_model(geometry_run, fast_run, ck, tmp_path):

@@ -50,14 +50,14 @@ class FirstEpochSpy:
         self.rows, self.backbone, self.labels = [], None, None
         self.real = engine.train_one_epoch
 
-    def __call__(self, model, criterion, optimizer, scaler, inputs, train_idx, *rest):
+    def __call__(self, model, criterion, optimizer, scaler, inputs, train_idx, *rest, **kw):
         if self.backbone is None:
             self.backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
             self.head_shape = tuple(model.head.weight.shape)
             self.groups = [(g.get("name"), g["lr"], len(g["params"])) for g in optimizer.param_groups]
         self.rows.append(len(train_idx))
         self.labels = inputs.labels[train_idx]
-        return self.real(model, criterion, optimizer, scaler, inputs, train_idx, *rest)
+        return self.real(model, criterion, optimizer, scaler, inputs, train_idx, *rest, **kw)
 
 
 def train_spied(monkeypatch, argv: list) -> FirstEpochSpy:
@@ -456,3 +456,27 @@ def test_a_run_of_an_older_checkpoint_format_is_refused_in_one_line(fast_run, tm
         err = capsys.readouterr().err.strip()
         assert str(path) in err and "format version 3" in err and "retrain the run" in err, err
         assert "\n" not in err and "Traceback" not in err
+
+
+def test_a_run_from_before_a_setting_is_refused_in_one_line(fast_run, ck, tmp_path, capsys):
+    """An args.json without a setting of today's table: --resume and -e refuse it in one line naming
+    the file and the fix (what the run trained without it is not guessed); one without a scoring
+    setting (--bootstrap) is scored with its default."""
+    old = tmp_path / "old"
+    shutil.copytree(fast_run, old)
+    saved = json.loads((old / "args.json").read_text())
+    (old / "args.json").write_text(json.dumps({k: v for k, v in saved.items() if k not in ("loss", "crop_fill")}))
+    for argv in (["--resume", old], ["-e", "--resume", old]):
+        line = fails(capsys, argv, str(old / "args.json"), "--loss, --crop-fill", "retrain", "the version that wrote it")
+        assert "older version" in line
+    (old / "args.json").write_text(json.dumps({k: v for k, v in saved.items() if k != "bootstrap"}))
+    assert main.cli(["-e", "--resume", str(old), "--bootstrap", "0", "--quiet"]) == 0
+    assert json.loads((old / "evaluate" / "results.json").read_text())["bootstrap"] is None
+    # predict.py reads a checkpoint's own settings: one without --geometry is refused alike
+    checkpoint = old / "fold0" / "checkpoint.pth"
+    ckpt = checkpoints.load_checkpoint(checkpoint)
+    torch.save({**ckpt, "args": {k: v for k, v in ckpt["args"].items() if k != "geometry"}}, checkpoint)
+    photo = next(p for p in ck.images.rglob("*.png") if not p.name.startswith("._"))
+    code = predict.cli([str(checkpoint), str(photo), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{checkpoint} has no --geometry" in err and "retrain" in err

@@ -23,6 +23,7 @@ import ckplus
 import main
 import metrics
 import runs
+import settings
 import synthetic
 import utils
 from conftest import FAST, REPO, run_cli
@@ -608,13 +609,13 @@ def test_evaluate_refuses_a_run_with_a_fold_missing_and_one_fold_says_so(trained
 
 
 def test_resume_refuses_every_run_setting_typed_differently_in_one_line(trained, tmp_path, capsys):
-    """Generic over runs.RUN_SETTINGS: a setting added later is refused without new code."""
+    """Generic over settings.RUN_SETTINGS: a setting added later is refused without new code."""
     run_dir = copy_run(trained[1], tmp_path / "run")
     saved = json.loads((run_dir / "args.json").read_text())
     flags, expected = [], []
     for action in main.get_args_parser()._actions:
         key = action.dest
-        if key not in runs.RUN_SETTINGS or key == "epochs":  # --epochs extends the run (below)
+        if key not in settings.RUN_SETTINGS or key == "epochs":  # --epochs extends the run (below)
             continue
         flag = [o for o in action.option_strings if o.startswith("--")][0]
         value = saved[key]
@@ -633,7 +634,7 @@ def test_resume_refuses_every_run_setting_typed_differently_in_one_line(trained,
         else:
             flags += [flag, "something-else"]
         expected.append(flag)
-    assert len(expected) >= len(runs.RUN_SETTINGS) - 2  # all but --epochs and switches already on
+    assert len(expected) >= len(settings.RUN_SETTINGS) - 2  # all but --epochs and switches already on
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
     line = fails(capsys, ["--resume", run_dir, *flags], "disagree", "--output-dir")
     for flag in expected:

@@ -185,3 +185,20 @@ def test_checkpoint_of_another_format_is_refused_by_name(tmp_path):
         assert str(path) in message and f"format version {version}" in message, message
         assert "retrain the run, or use the version of this program that wrote it" in message
         assert "\n" not in message
+
+
+def test_the_parser_states_every_run_setting_at_the_tables_default():
+    """One table: main.py's defaults are settings.SETTINGS', constant ones already in the parser (no
+    None filled in later), and each setting is a flag a user can type."""
+    import main
+    import settings
+
+    parser = main.get_args_parser()
+    parsed = parser.parse_args([])
+    flags = {o for action in parser._actions for o in action.option_strings}
+    for setting in settings.SETTINGS:
+        assert getattr(parsed, setting.dest) == setting.default, setting.dest
+        assert setting.flag in flags, setting.flag
+    assert (parsed.model, parsed.crop, parsed.norm, parsed.tta) == ("alexnet", "square", "weights", "none")
+    assert settings.describe("augment", False) == "no --augment" and settings.BY_DEST["aus"].as_typed("1, 2") == \
+        "--aus '1, 2'"
