@@ -258,9 +258,16 @@ def test_demo_generates_its_tree_once_and_prints_the_table(tmp_path, monkeypatch
 
 def test_help_lists_every_original_flag_with_its_default():
     text = main.get_args_parser().format_help()
+    options = text[text.index("\noptions:") if "\noptions:" in text else text.index("\n\n"):]  # past the usage lines
+
+    def help_of(flag: str) -> str:
+        """The flag's entry in the option list: its line and the indented lines under it."""
+        match = re.search(rf"^ {{2,}}(?:-\w \S+, )?{re.escape(flag)}\b[^\n]*(?:\n {{10,}}\S[^\n]*)*", options, re.M)
+        return " ".join(match.group(0).split()) if match else ""
+
     for flag, default in [("--model", "alexnet"), ("--epochs", "100"), ("--step", "20"), ("--start-epoch", "0"),
                           ("--batch-size", "32"), ("--lr", "0.01"), ("--kfold", "10")]:
-        assert re.search(rf"{flag}\b[^\n]*(\n {{10,}}[^\n]*)*?\(default:? {re.escape(default)}\)", text), flag
+        assert re.search(rf"\(default:? {re.escape(default)}\)", help_of(flag)), (flag, help_of(flag))
     for flag in ("--resume", "--evaluate", "--split", "--fold", "--gamma", "--pos-weight", "--amp", "--demo"):
         assert flag in text
 
