@@ -15,7 +15,6 @@ import engine
 import geometry
 import models
 import preprocess
-import runs
 import settings as run_settings
 import utils
 from utils import UserError
@@ -103,7 +102,7 @@ def open_ensemble(path: Path, threshold: float | None, tta: str | None = None) -
     if threshold is None:
         run_args = path / "args.json"
         if path.is_dir() and run_args.is_file():
-            threshold = runs.read_args_json(run_args).get("threshold")
+            threshold = run_settings.read_args_json(run_args).get("threshold")
         if threshold is None:
             threshold = settings.get("threshold", 0.5)
     kfold = settings.get("kfold")

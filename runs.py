@@ -12,7 +12,6 @@ checkpoints.py's; the weights a run starts from are start_weights.py's.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from datetime import datetime
@@ -27,13 +26,6 @@ import start_weights
 import utils
 from settings import run_settings
 from utils import UserError
-
-
-def read_args_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is not a readable args.json ({e}): restore it from the run")
 
 
 def command_line() -> str:
@@ -107,7 +99,7 @@ def extend_run(run_dir: Path, args: argparse.Namespace, before: int) -> None:
     """--resume RUN --epochs N: train the run to N epochs instead of `before`, as torchvision's
     references do (`check_extension` first). args.json says so (epochs N, and an `extended`
     entry), so a later plain --resume also goes to N."""
-    saved = read_args_json(run_dir / "args.json")
+    saved = settings.read_args_json(run_dir / "args.json")
     history = [*saved.get("extended", []), {"from": before, "to": args.epochs, "command": command_line(),
                                             "time": datetime.now().isoformat(timespec="seconds")}]
     utils.write_json(run_dir / "args.json", {**saved, "epochs": args.epochs, "extended": history})

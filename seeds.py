@@ -111,7 +111,7 @@ def run_seeds(args: argparse.Namespace, typed: set[str], train: Callable[[argpar
 
 def start_seeds_run(args: argparse.Namespace) -> Path:
     """The folder of a new --seeds run, with its seeds.json (a --fold job may join one that matches)."""
-    root = runs.new_run_dir(argparse.Namespace(output_dir=args.output_dir, model=args.model or "alexnet"))
+    root = runs.new_run_dir(argparse.Namespace(output_dir=args.output_dir, model=args.model))
     if root.exists() and not root.is_dir():
         raise UserError(f"--output-dir {root} is a file: choose a folder name")
     if root.is_dir() and any(root.iterdir()):

@@ -113,15 +113,20 @@ def check_complete(saved: dict, source: Path, keys: Sequence[str] = RUN_SETTINGS
     return saved_settings(saved)
 
 
-def read_run_settings(path: Path) -> dict:
-    """A run folder's args.json, complete (`check_complete`), or one line saying what is wrong."""
+def read_args_json(path: Path) -> dict:
+    """A run folder's args.json as written, or one line saying what is wrong with it."""
     try:
         saved = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable args.json ({e}): restore it from the run")
     if not isinstance(saved, dict):
         raise UserError(f"{path} is not a readable args.json (no JSON object): restore it from the run")
-    return check_complete(saved, path)
+    return saved
+
+
+def read_run_settings(path: Path) -> dict:
+    """A run folder's args.json, complete (`check_complete`), or one line saying what is wrong."""
+    return check_complete(read_args_json(path), path)
 
 
 # ----------------------------------------------------------------------------- what was typed
