@@ -95,7 +95,8 @@ def row_names(runs: list[Run]) -> list[str]:
     names = []
     for run in runs:
         flags = [f for f in (flag(k, run.args.get(k)) for k in keys) if f]
-        names.append(run.results["model"] + (f" ({', '.join(flags)})" if flags else ""))
+        names.append(run.results["model"] + (f" ({', '.join(flags)})" if flags else "")
+                     + (f" --seeds {run.seeds} (ensemble)" if run.seeds else ""))
     return [f"{name} [{run.label}]" if names.count(name) > 1 else name for name, run in zip(names, runs)]
 
 
@@ -274,12 +275,7 @@ def format_difference(diff: intervals.PairedDifference | None, is_baseline: bool
         return "baseline"
     if diff is None:
         return "not paired"
-    if diff.difference is None:
-        return "n/a"
-    text = f"{diff.difference:+.3f}"
-    if diff.interval is None:
-        return f"{text} [n/a]"
-    return f"{text} [{diff.interval[0]:+.3f}, {diff.interval[1]:+.3f}]" + ("*" if diff.excludes_zero else "")
+    return diff.text()
 
 
 def format_table(comparison: Comparison, bold: bool) -> str:
