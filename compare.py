@@ -10,7 +10,9 @@ interval: every resample draws the same subjects for both runs. A difference who
 excludes 0 is marked *. Runs on other sequences get a warning and no difference.
 
 Each row is named by its model and the flags that differ between the runs, so two runs that differ
-only in --lr read `res18 (--lr 0.001)` and `res18 (--lr 0.01)`. Runs whose protocols differ (folds,
+only in --lr read `res18 (--lr 0.001)` and `res18 (--lr 0.01)`. A --seeds run is one row, its
+ensemble (its seeds' out-of-fold probabilities averaged per sequence), named `res18 --seeds 3
+(ensemble)`, with its seed 0's settings. Runs whose protocols differ (folds,
 AUs, threshold, number of sequences) are still shown, with a warning per difference: their numbers
 are then not comparable. The table is printed and written to --out as compare.md (the best value
 per column in bold), compare.csv (full precision) and compare.png (grouped bars).
@@ -56,7 +58,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                     "protocols differ are shown too, with a warning.",
         formatter_class=utils.HelpFormatter,
     )
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders that main.py wrote (with results.json)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                   help="run folders that main.py wrote (with results.json); a --seeds run is one row, its ensemble")
     p.add_argument("--metric", choices=metrics.METRIC_KEYS, default="f1", metavar="NAME",
                    help=f"the metric in the table: {', '.join(metrics.METRIC_KEYS)}")
     p.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,

@@ -16,7 +16,9 @@ import intervals
 import main
 import metrics
 import predict
+import seeds
 from conftest import FAST, close
+from utils import UserError
 
 
 def test_seeds_2_trains_twice_and_reports_both(ck, tmp_path, capsys):
@@ -156,3 +158,57 @@ def check_predict(run: Path, ck, tmp_path: Path, capsys) -> None:
 
 def test_one_seed_is_a_plain_run(fast_run):
     assert not (fast_run / "seed0").exists() and not (fast_run / "seeds.json").exists()
+
+
+# ----------------------------------------------------------------------------- the ensemble, without training
+
+
+def predictions(ids: list[str], probs: list[list[float]], targets: list[list[int]]) -> metrics.FoldPredictions:
+    return metrics.FoldPredictions(ids=ids, subjects=[i.split("_")[0] for i in ids], folds=[0] * len(ids),
+                                   targets=np.array(targets, dtype=np.float32), probs=np.array(probs))
+
+
+def test_the_ensemble_averages_each_sequence_whatever_the_row_order(tmp_path):
+    ids = ["S1_001", "S1_002", "S2_001", "S3_001"]
+    targets = [[1, 0], [0, 1], [1, 1], [0, 0]]
+    seed0 = predictions(ids, [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.1, 0.3]], targets)
+    order = [2, 0, 3, 1]  # seed 1 wrote its rows in another order
+    seed1 = predictions([ids[i] for i in order], [[[0.7, 0.5], [0.5, 0.3], [0.4, 0.6], [0.3, 0.1]][i] for i in order],
+                        [targets[i] for i in order])
+    mean = seeds.mean_predictions([seed0, seed1], ["seed0", "seed1"], tmp_path)
+    assert mean.ids == ids and mean.folds == [0] * 4
+    np.testing.assert_allclose(mean.probs, [[0.8, 0.3], [0.35, 0.55], [0.5, 0.5], [0.2, 0.2]])
+    with pytest.raises(UserError, match="seed1/predictions.csv holds 3 sequences"):
+        seeds.mean_predictions([seed0, predictions(ids[:3], [[0.5, 0.5]] * 3, targets[:3])], ["seed0", "seed1"],
+                               tmp_path)
+    other_labels = predictions(ids, [[0.5, 0.5]] * 4, [[0, 0], *targets[1:]])
+    with pytest.raises(UserError, match="other subjects or labels"):
+        seeds.mean_predictions([seed0, other_labels], ["seed0", "seed1"], tmp_path)
+
+
+def test_without_a_bootstrap_the_ensemble_still_gives_its_difference(tmp_path):
+    ids = [f"S{s}_00{k}" for s in range(1, 5) for k in (1, 2)]
+    targets = [[1, 0], [0, 1]] * 4
+    rng = np.random.default_rng(0)
+    parts = [predictions(ids, rng.random((8, 2)).tolist(), targets) for _ in range(2)]
+    results = [{"model": "m", "aus": [1, 2], "bootstrap": None, "kfold": 2, "split": "subject",
+                **metrics.compute_metrics(p.targets, p.probs, [1, 2], 0.5)} for p in parts]
+    ensemble, pooled = seeds.score_ensemble(results, parts, ["seed0", "seed1"], [3, 4], tmp_path)
+    assert ensemble["bootstrap"] is None and "ci" not in ensemble["macro"]
+    assert ensemble["difference"]["f1"] == {"difference": pytest.approx(ensemble["macro"]["f1"] - results[0]["macro"]["f1"]),
+                                            "interval": None, "reason": "no --bootstrap"}
+    assert "macro F1 " in seeds.format_difference(ensemble) and "[n/a]" in seeds.format_difference(ensemble)
+
+
+def test_compare_asks_an_older_seeds_run_to_be_resumed(tmp_path, capsys):
+    run = tmp_path / "old-seeds"
+    (run / "seed0").mkdir(parents=True)
+    (run / "seeds.json").write_text(json.dumps({"seeds": 2, "seed": 0, "command": "main.py --seeds 2"}))
+    (run / "seed0" / "args.json").write_text("{}")
+    assert compare.cli([str(run), "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unfinished --seeds run" in err and f"--resume {run}" in err
+    (run / "results.json").write_text(json.dumps({"model": "m", "seeds": [0, 1], "per_au": {}, "macro": {}}))
+    assert compare.cli([str(run), "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "has no ensemble" in err and f"python main.py --resume {run}" in err
