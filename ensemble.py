@@ -16,7 +16,7 @@ import engine
 import geometry
 import models
 import preprocess
-import seeds
+import seeds_folder
 import settings as run_settings
 import utils
 from utils import UserError
@@ -74,7 +74,7 @@ def checkpoint_paths(path: Path) -> tuple[list[Path], str | None]:
         raise UserError(f"{path} does not exist: give a run folder main.py wrote, or a checkpoint.pth in one")
     if path.is_file():
         return [path], None
-    if seeds.is_seeds_run(path):
+    if seeds_folder.is_seeds_run(path):
         return seeds_checkpoints(path)
     final, folds = run_checkpoints(path)
     if final:
@@ -98,9 +98,9 @@ def run_checkpoints(path: Path) -> tuple[list[Path], list[Path]]:
 def seeds_checkpoints(root: Path) -> tuple[list[Path], str]:
     """Every seed's models of a --seeds run: each seed's final model where it has one, else its fold
     models. A seed not trained yet (or part of one) is left out with a warning."""
-    info = seeds.read_seeds_file(root)
+    info = seeds_folder.read_seeds_file(root)
     paths, kinds = [], []
-    for seed_dir in seeds.seed_dirs(root, info["seeds"]):
+    for seed_dir in seeds_folder.seed_dirs(root, info["seeds"]):
         final, folds = run_checkpoints(seed_dir)
         if not final and not folds:
             log.warning("%s holds no trained model: predicting with the other seeds' models", seed_dir)
@@ -138,14 +138,14 @@ def open_ensemble(path: Path, threshold: float | None, tta: str | None = None) -
         is_final = ckpt.get("fold") is not None and ckpt.get("fold") == ckpt.get("kfold")
         description = "final checkpoint" if is_final else f"fold{ckpt.get('fold')} checkpoint"
     if threshold is None:  # a --seeds run's seeds share it: seed 0's says
-        run_args = (seeds.seed_dirs(path, 1)[0] if seeds.is_seeds_run(path) else path) / "args.json"
+        run_args = (seeds_folder.seed_dirs(path, 1)[0] if seeds_folder.is_seeds_run(path) else path) / "args.json"
         if path.is_dir() and run_args.is_file():
             threshold = run_settings.read_args_json(run_args).get("threshold")
         if threshold is None:
             threshold = settings.get("threshold", 0.5)
     kfold = settings.get("kfold")
     # (a --seeds run's seeds have said so each for itself)
-    if description.startswith("mean of") and kfold and len(paths) < kfold and not seeds.is_seeds_run(path):
+    if description.startswith("mean of") and kfold and len(paths) < kfold and not seeds_folder.is_seeds_run(path):
         log.warning("%s has %d of its %d fold checkpoints: predicting with the mean of those", path, len(paths), kfold)
     if tta == "flip":
         description += ", flip TTA"

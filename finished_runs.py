@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import metrics
-import seeds
+import seeds_folder
 import utils
 from utils import UserError
 
@@ -91,7 +91,7 @@ def read_run(label: str) -> Run:
     if not path.is_dir():
         raise UserError(f"{label} is not a folder: give a run folder main.py created")
     has_args, has_results = (path / "args.json").is_file(), (path / "results.json").is_file()
-    if seeds.is_seeds_run(path):
+    if seeds_folder.is_seeds_run(path):
         return read_seeds_run(label, path)
     if not has_args and not has_results:
         raise UserError(f"{label} is not a run folder (no results.json or args.json): give a folder main.py created")
@@ -112,7 +112,7 @@ def read_run(label: str) -> Run:
 
 def read_seeds_run(label: str, path: Path) -> Run:
     """A --seeds run as its ensemble (the seeds' models averaged), with seed 0's settings."""
-    info = seeds.read_seeds_file(path)
+    info = seeds_folder.read_seeds_file(path)
     resume = f"python main.py --resume {shlex.quote(label)}"
     if not (path / "results.json").is_file():
         raise UserError(f"{label} is an unfinished --seeds run (no results.json yet): finish it with {resume}")
@@ -123,7 +123,7 @@ def read_seeds_run(label: str, path: Path) -> Run:
         raise UserError(f"{path / 'results.json'} has no ensemble (an older version wrote it): {resume} scores it "
                         f"without training again")
     check_results(ensemble, path / "results.json", fix)
-    first = seeds.seed_dirs(path, info["seeds"])[0] / "args.json"
+    first = seeds_folder.seed_dirs(path, info["seeds"])[0] / "args.json"
     settings = read_json_object(first, "restore it from the run")
     return Run(label=label, path=path, args=settings, results=ensemble, seeds=info["seeds"])
 

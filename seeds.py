@@ -21,7 +21,6 @@ paired interval as compare.py's do.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 from pathlib import Path
@@ -34,32 +33,13 @@ import metrics
 import runs
 import settings
 import utils
+from seeds_folder import SEEDS_FILE, is_seeds_run, read_seeds_file, seed_dirs, write_seeds_file
 from utils import UserError
 
 log = logging.getLogger(utils.LOGGER_NAME)
 
-SEEDS_FILE = "seeds.json"
 METRIC_KEYS = metrics.METRIC_KEYS
 DIFFERENCE_KEYS = ("f1", "auc")  # the ensemble's macro figures whose difference from seed 0 is reported
-
-
-def is_seeds_run(path: Path) -> bool:
-    return path.is_dir() and (path / SEEDS_FILE).is_file()
-
-
-def read_seeds_file(root: Path) -> dict:
-    path = root / SEEDS_FILE
-    try:
-        info = json.loads(path.read_text())
-        if not (isinstance(info.get("seeds"), int) and isinstance(info.get("seed"), int) and info["seeds"] >= 1):
-            raise ValueError("no seeds and seed numbers")
-    except (OSError, ValueError, AttributeError) as e:
-        raise UserError(f"{path} is not a readable {SEEDS_FILE} ({e}): restore it from the run") from None
-    return info
-
-
-def seed_dirs(root: Path, n: int) -> list[Path]:
-    return [root / f"seed{i}" for i in range(n)]
 
 
 def check_matches(info: dict, args: argparse.Namespace, typed: set[str], root: Path) -> None:
@@ -138,7 +118,7 @@ def start_seeds_run(args: argparse.Namespace) -> Path:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the run folder {root} ({e.strerror}): choose another --output-dir") from None
-    utils.write_json(root / SEEDS_FILE, {"seeds": args.seeds, "seed": args.seed, "command": runs.command_line()})
+    write_seeds_file(root, args.seeds, args.seed, runs.command_line())
     return root
 
 
