@@ -13,7 +13,7 @@ order, augmentation), where a seed's interval is the spread of its subjects.
 
 The ensemble is what a user would deploy: the N seeds' models averaged. Scored here on each
 sequence's mean probability over the seeds' out-of-fold predictions: every seed splits the same
-folds (they depend on the subjects and --kfold only, not on --seed), so each of those probabilities
+folds (they depend on the subjects, --kfold and --split only, never on --seed), so each of those probabilities
 comes from a model that never saw the sequence's subject, and so does their mean. It is scored once,
 pooled, with seed 0's bootstrap (the same resampled subjects), and its difference from seed 0 gets a
 paired interval as compare.py's do.
