@@ -10,7 +10,9 @@ interval: every resample draws the same subjects for both runs. A difference who
 excludes 0 is marked *. Runs on other sequences get a warning and no difference.
 
 Each row is named by its model and the flags that differ between the runs, so two runs that differ
-only in --lr read `res18 (--lr 0.001)` and `res18 (--lr 0.01)`. Runs whose protocols differ (folds,
+only in --lr read `res18 (--lr 0.001)` and `res18 (--lr 0.01)`. A --seeds run is one row, its
+ensemble (its seeds' out-of-fold probabilities averaged per sequence), named `res18 --seeds 3
+(ensemble)`, with its seed 0's settings. Runs whose protocols differ (folds,
 AUs, threshold, number of sequences) are still shown, with a warning per difference: their numbers
 are then not comparable. The table is printed and written to --out as compare.md (the best value
 per column in bold), compare.csv (full precision) and compare.png (grouped bars).
@@ -56,7 +58,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                     "protocols differ are shown too, with a warning.",
         formatter_class=utils.HelpFormatter,
     )
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders that main.py wrote (with results.json)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                   help="run folders that main.py wrote (with results.json); a --seeds run is one row, its ensemble")
     p.add_argument("--metric", choices=metrics.METRIC_KEYS, default="f1", metavar="NAME",
                    help=f"the metric in the table: {', '.join(metrics.METRIC_KEYS)}")
     p.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
@@ -95,7 +98,8 @@ def row_names(runs: list[Run]) -> list[str]:
     names = []
     for run in runs:
         flags = [f for f in (flag(k, run.args.get(k)) for k in keys) if f]
-        names.append(run.results["model"] + (f" ({', '.join(flags)})" if flags else ""))
+        names.append(run.results["model"] + (f" ({', '.join(flags)})" if flags else "")
+                     + (f" --seeds {run.seeds} (ensemble)" if run.seeds else ""))
     return [f"{name} [{run.label}]" if names.count(name) > 1 else name for name, run in zip(names, runs)]
 
 
@@ -274,12 +278,7 @@ def format_difference(diff: intervals.PairedDifference | None, is_baseline: bool
         return "baseline"
     if diff is None:
         return "not paired"
-    if diff.difference is None:
-        return "n/a"
-    text = f"{diff.difference:+.3f}"
-    if diff.interval is None:
-        return f"{text} [n/a]"
-    return f"{text} [{diff.interval[0]:+.3f}, {diff.interval[1]:+.3f}]" + ("*" if diff.excludes_zero else "")
+    return diff.text()
 
 
 def format_table(comparison: Comparison, bold: bool) -> str:

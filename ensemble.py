@@ -1,6 +1,7 @@
 """The trained models that predict on new faces: a run folder's final model or the mean of its
-fold models, or one checkpoint; the run settings their inputs need; and their mean probability
-for a batch of crops, evaluated exactly as main.py evaluates (engine.evaluate)."""
+fold models, a --seeds run's models of every seed, or one checkpoint; the run settings their
+inputs need; and their mean probability for a batch of crops, evaluated exactly as main.py
+evaluates (engine.evaluate)."""
 from __future__ import annotations
 
 import logging
@@ -15,6 +16,7 @@ import engine
 import geometry
 import models
 import preprocess
+import seeds_folder
 import settings as run_settings
 import utils
 from utils import UserError
@@ -52,6 +54,8 @@ class Ensemble:
         predicting. Raises UserError for a checkpoint that is not this run's."""
         self.device, self.batch_size = device, batch_size
         self.members = [load_member(self, path).to(device) for path in self.checkpoints]
+        log.info("predicting with %d model%s (%s)", len(self.members), "" if len(self.members) == 1 else "s",
+                 self.description)
 
     def __call__(self, crops: np.ndarray, landmarks: np.ndarray | None = None) -> np.ndarray:
         """The mean probability (N, A) of the models for uint8 crops (N, S, S); `landmarks`: each
@@ -70,17 +74,51 @@ def checkpoint_paths(path: Path) -> tuple[list[Path], str | None]:
         raise UserError(f"{path} does not exist: give a run folder main.py wrote, or a checkpoint.pth in one")
     if path.is_file():
         return [path], None
-    final = path / "final" / checkpoints.CHECKPOINT
-    if final.is_file():
-        return [final], "final"
-    folds = sorted((p for p in path.glob(f"fold*/{checkpoints.CHECKPOINT}") if p.parent.name[4:].isdigit()),
-                   key=lambda p: int(p.parent.name[4:]))
+    if seeds_folder.is_seeds_run(path):
+        return seeds_checkpoints(path)
+    final, folds = run_checkpoints(path)
+    if final:
+        return final, "final"
     if not folds:
         raise UserError(f"{path} holds no trained model (no final/{checkpoints.CHECKPOINT}, no "
                         f"fold<k>/{checkpoints.CHECKPOINT}): give a run folder main.py trained, or one of its checkpoints")
     if len(folds) == 1:
         return folds, f"{folds[0].parent.name} checkpoint"
     return folds, f"mean of {len(folds)} folds"
+
+
+def run_checkpoints(path: Path) -> tuple[list[Path], list[Path]]:
+    """A run folder's final checkpoint ([] or [it]) and its fold checkpoints, in fold order."""
+    final = path / "final" / checkpoints.CHECKPOINT
+    folds = sorted((p for p in path.glob(f"fold*/{checkpoints.CHECKPOINT}") if p.parent.name[4:].isdigit()),
+                   key=lambda p: int(p.parent.name[4:]))
+    return [final] if final.is_file() else [], folds
+
+
+def seeds_checkpoints(root: Path) -> tuple[list[Path], str]:
+    """Every seed's models of a --seeds run: each seed's final model where it has one, else its fold
+    models. A seed not trained yet (or part of one) is left out with a warning."""
+    info = seeds_folder.read_seeds_file(root)
+    paths, kinds = [], []
+    for seed_dir in seeds_folder.seed_dirs(root, info["seeds"]):
+        final, folds = run_checkpoints(seed_dir)
+        if not final and not folds:
+            log.warning("%s holds no trained model: predicting with the other seeds' models", seed_dir)
+            continue
+        kfold = run_settings.read_args_json(seed_dir / "args.json").get("kfold") if not final else None
+        if kfold and len(folds) < kfold:
+            log.warning("%s has %d of its %d fold checkpoints: predicting with those", seed_dir, len(folds), kfold)
+        paths += final or folds
+        kinds.append("final" if final else len(folds))
+    if not paths:
+        raise UserError(f"{root} is a --seeds run none of whose seeds holds a trained model: train it first "
+                        f"(python main.py --resume {root})")
+    n = len(kinds)
+    if kinds == ["final"] * n:
+        return paths, f"mean of {n} seeds' final models"
+    if len(set(kinds)) == 1:
+        return paths, f"mean of {n} seeds x {kinds[0]} folds"
+    return paths, f"mean of {len(paths)} models of {n} seeds"
 
 
 def open_ensemble(path: Path, threshold: float | None, tta: str | None = None) -> Ensemble:
@@ -99,14 +137,15 @@ def open_ensemble(path: Path, threshold: float | None, tta: str | None = None) -
     if description is None:
         is_final = ckpt.get("fold") is not None and ckpt.get("fold") == ckpt.get("kfold")
         description = "final checkpoint" if is_final else f"fold{ckpt.get('fold')} checkpoint"
-    if threshold is None:
-        run_args = path / "args.json"
+    if threshold is None:  # a --seeds run's seeds share it: seed 0's says
+        run_args = (seeds_folder.seed_dirs(path, 1)[0] if seeds_folder.is_seeds_run(path) else path) / "args.json"
         if path.is_dir() and run_args.is_file():
             threshold = run_settings.read_args_json(run_args).get("threshold")
         if threshold is None:
             threshold = settings.get("threshold", 0.5)
     kfold = settings.get("kfold")
-    if description.startswith("mean of") and kfold and len(paths) < kfold:
+    # (a --seeds run's seeds have said so each for itself)
+    if description.startswith("mean of") and kfold and len(paths) < kfold and not seeds_folder.is_seeds_run(path):
         log.warning("%s has %d of its %d fold checkpoints: predicting with the mean of those", path, len(paths), kfold)
     if tta == "flip":
         description += ", flip TTA"

@@ -1,5 +1,6 @@
 """A finished run folder as compare.py reads it: its args.json and results.json, checked, or one
-line saying why the folder cannot be compared (unfinished, a --seeds run, a malformed file)."""
+line saying why the folder cannot be compared (unfinished, a malformed file). A --seeds run reads
+as its ensemble: the "ensemble" of its results.json, the settings of its seed0/args.json."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import metrics
+import seeds_folder
 import utils
 from utils import UserError
 
@@ -25,6 +27,7 @@ class Run:
     path: Path
     args: dict
     results: dict
+    seeds: int | None = None  # a --seeds run: how many seeds its ensemble averages
 
     @property
     def aus(self) -> list[int]:
@@ -88,10 +91,8 @@ def read_run(label: str) -> Run:
     if not path.is_dir():
         raise UserError(f"{label} is not a folder: give a run folder main.py created")
     has_args, has_results = (path / "args.json").is_file(), (path / "results.json").is_file()
-    if (path / "seeds.json").is_file():
-        names = ", ".join(str(p) for p in sorted(path.glob("seed[0-9]*")) if p.is_dir())
-        raise UserError(f"{label} is a --seeds run: its results.json is the spread across seeds; compare its seeds' "
-                        f"run folders instead ({names or label + '/seed0, ...'})")
+    if seeds_folder.is_seeds_run(path):
+        return read_seeds_run(label, path)
     if not has_args and not has_results:
         raise UserError(f"{label} is not a run folder (no results.json or args.json): give a folder main.py created")
     if not has_results:
@@ -107,6 +108,24 @@ def read_run(label: str) -> Run:
     check_results(results, path / "results.json", fix)
     settings = read_json_object(path / "args.json", "restore it from the run")
     return Run(label=label, path=path, args=settings, results=results)
+
+
+def read_seeds_run(label: str, path: Path) -> Run:
+    """A --seeds run as its ensemble (the seeds' models averaged), with seed 0's settings."""
+    info = seeds_folder.read_seeds_file(path)
+    resume = f"python main.py --resume {shlex.quote(label)}"
+    if not (path / "results.json").is_file():
+        raise UserError(f"{label} is an unfinished --seeds run (no results.json yet): finish it with {resume}")
+    fix = f"delete it and resume the run ({resume}) to write it again"
+    summary = read_json_object(path / "results.json", fix)
+    ensemble = summary.get("ensemble")
+    if not isinstance(ensemble, dict):
+        raise UserError(f"{path / 'results.json'} has no ensemble (an older version wrote it): {resume} scores it "
+                        f"without training again")
+    check_results(ensemble, path / "results.json", fix)
+    first = seeds_folder.seed_dirs(path, info["seeds"])[0] / "args.json"
+    settings = read_json_object(first, "restore it from the run")
+    return Run(label=label, path=path, args=settings, results=ensemble, seeds=info["seeds"])
 
 
 def read_runs(labels: list[str]) -> list[Run]:

@@ -178,6 +178,19 @@ class PairedDifference:
     def excludes_zero(self) -> bool:
         return self.interval is not None and (self.interval[0] > 0 or self.interval[1] < 0)
 
+    def text(self) -> str:
+        """`+0.012 [-0.008, +0.019]`, with * where the interval excludes 0; `n/a` without a difference."""
+        if self.difference is None:
+            return "n/a"
+        text = f"{self.difference:+.3f}"
+        if self.interval is None:
+            return f"{text} [n/a]"
+        return f"{text} [{self.interval[0]:+.3f}, {self.interval[1]:+.3f}]" + ("*" if self.excludes_zero else "")
+
+    def record(self) -> dict:
+        """What a results.json says of it."""
+        return {"difference": self.difference, "interval": self.interval, "reason": self.reason}
+
 
 def paired_differences(resampling: Resampling, base: tuple[np.ndarray, np.ndarray],
                        other: tuple[np.ndarray, np.ndarray], threshold_base: float, threshold_other: float,

@@ -151,7 +151,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=settings.default("seed"), metavar="S", help="seed for weights, batch order and augmentation")
     r.add_argument("--seeds", type=int, default=1, metavar="N",
                    help="train the whole run N times, with seeds S, S+1, ..., into RUN/seed0/, RUN/seed1/, ..., and "
-                        "report each figure's mean and spread across them (--resume and -e take RUN)")
+                        "report each figure's mean and spread across them, and their ensemble (each sequence's mean "
+                        "probability over the seeds) with its difference from seed 0 (--resume and -e take RUN)")
     r.add_argument("--device", default="auto", metavar="DEV", help="auto (CUDA when present), cpu, cuda or cuda:N")
     r.add_argument("--amp", action="store_true", help="mixed precision on CUDA (autocast + GradScaler)")
     r.add_argument("--quiet", action="store_true", help="only warnings and errors; no progress bars")

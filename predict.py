@@ -6,7 +6,8 @@
     python predict.py RUN_DIR clip.mp4 --every 2 --smooth 5 --draw drawn/   # a row per face per frame
 
 A run folder predicts with its final model (main.py --final) when it has one, otherwise with
-the mean probability of its fold models; a checkpoint file predicts with that model alone.
+the mean probability of its fold models; a --seeds run with the mean of every seed's models
+(ensemble.py); a checkpoint file predicts with that model alone.
 Every face goes through exactly the preprocessing the run trained with: the crop from its 68
 landmarks, gray, the run's input size and normalisation, and the run's test-time augmentation
 (--tta flip: the mean of each face and its mirror image). The CSV has one row per face, and one
@@ -60,7 +61,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         formatter_class=utils.HelpFormatter,
     )
     p.add_argument("model", metavar="RUN_DIR_OR_CHECKPOINT",
-                   help="a run folder (its final model, or the mean of its fold models) or one checkpoint.pth")
+                   help="a run folder (its final model, or the mean of its fold models; a --seeds run: every seed's) "
+                        "or one checkpoint.pth")
     p.add_argument("images", nargs="+", metavar="IMAGE_VIDEO_OR_FOLDER",
                    help=f"image and video files, or folders searched recursively for {' '.join(IMAGE_SUFFIXES)} "
                         f"and {' '.join(video.VIDEO_SUFFIXES)}")

@@ -4,50 +4,42 @@
     RUN/seed{i}/          a complete run folder with --seed S+i (-e, --resume, compare.py and
                           predict.py work on each as on any run)
     RUN/results.json      per AU and macro, each metric's mean, std, min and max across the seeds,
-    RUN/results.csv       beside every seed's pooled value and its 95% interval
-    RUN/results.md        the printed tables
+    RUN/results.csv       beside every seed's pooled value and its 95% interval; then the ensemble
+    RUN/results.md        (its figures, 95% intervals and paired difference from seed 0); the printed tables
+    RUN/predictions.csv   the ensemble's pooled predictions (with f1.png and confusion.png, as a run's)
 
 What a paper's "mean ± std over N seeds" means: the spread of the whole protocol (weights, batch
 order, augmentation), where a seed's interval is the spread of its subjects.
+
+The ensemble is what a user would deploy: the N seeds' models averaged. Scored here on each
+sequence's mean probability over the seeds' out-of-fold predictions: every seed splits the same
+folds (they depend on the subjects, --kfold and --split only, never on --seed), so each of those probabilities
+comes from a model that never saw the sequence's subject, and so does their mean. It is scored once,
+pooled, with seed 0's bootstrap (the same resampled subjects), and its difference from seed 0 gets a
+paired interval as compare.py's do.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
+import intervals
 import metrics
 import runs
 import settings
 import utils
+from seeds_folder import SEEDS_FILE, is_seeds_run, read_seeds_file, seed_dirs, write_seeds_file
 from utils import UserError
 
 log = logging.getLogger(utils.LOGGER_NAME)
 
-SEEDS_FILE = "seeds.json"
 METRIC_KEYS = metrics.METRIC_KEYS
-
-
-def is_seeds_run(path: Path) -> bool:
-    return path.is_dir() and (path / SEEDS_FILE).is_file()
-
-
-def read_seeds_file(root: Path) -> dict:
-    path = root / SEEDS_FILE
-    try:
-        info = json.loads(path.read_text())
-        if not (isinstance(info.get("seeds"), int) and isinstance(info.get("seed"), int) and info["seeds"] >= 1):
-            raise ValueError("no seeds and seed numbers")
-    except (OSError, ValueError, AttributeError) as e:
-        raise UserError(f"{path} is not a readable {SEEDS_FILE} ({e}): restore it from the run") from None
-    return info
-
-
-def seed_dirs(root: Path, n: int) -> list[Path]:
-    return [root / f"seed{i}" for i in range(n)]
+DIFFERENCE_KEYS = ("f1", "auc")  # the ensemble's macro figures whose difference from seed 0 is reported
 
 
 def check_matches(info: dict, args: argparse.Namespace, typed: set[str], root: Path) -> None:
@@ -126,7 +118,7 @@ def start_seeds_run(args: argparse.Namespace) -> Path:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the run folder {root} ({e.strerror}): choose another --output-dir") from None
-    utils.write_json(root / SEEDS_FILE, {"seeds": args.seeds, "seed": args.seed, "command": runs.command_line()})
+    write_seeds_file(root, args.seeds, args.seed, runs.command_line())
     return root
 
 
@@ -154,7 +146,11 @@ def finish(root: Path, out_dir: Path, results: list[dict | None], info: dict) ->
         return None
     seeds = [info["seed"] + i for i in range(len(results))]
     summary = summarise(results, seeds)
+    names = summary["runs"]
+    parts = [runs.read_fold_predictions(out_dir / name, results[0]["aus"]) for name in names]
+    summary["ensemble"], pooled = score_ensemble(results, parts, names, seeds, out_dir)
     write_summary(out_dir, summary)
+    write_ensemble_files(out_dir, summary["ensemble"], pooled)
     print("\n" + format_summary(summary))
     print(f"\nseeds summary written to {out_dir}")
     return summary
@@ -217,15 +213,24 @@ def format_summary(summary: dict) -> str:
     seed_rows += [[name, *(seed_cell(fig[k], i) for k in ("f1", "auc") for i in range(n))] for name, fig in rows]
     boot = summary.get("bootstrap")
     note = f"; each seed's {boot['text']}" if boot else ""
-    return (f"{summary['model']} over {n} seeds ({', '.join(map(str, summary['seeds']))}): {summary['spread']}{note}"
+    text = (f"{summary['model']} over {n} seeds ({', '.join(map(str, summary['seeds']))}): {summary['spread']}{note}"
             f"\n\n{metrics.markdown_table(spread_rows)}\n\n{metrics.markdown_table(seed_rows)}")
+    ensemble = summary.get("ensemble")
+    if ensemble:
+        text += (f"\n\nThe ensemble: {ensemble['members']}, scored once\n\n"
+                 f"{metrics.format_table(ensemble, ensemble_name(summary))}\n\n{format_difference(ensemble)}")
+    return text
 
 
 def write_summary(out_dir: Path, summary: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     n = len(summary["seeds"])
+    ensemble = summary.get("ensemble")
     header = ["AU", "metric", "mean", "std", "min", "max",
               *(f"seed{i}{end}" for i in range(n) for end in ("", "_low", "_high"))]
+    if ensemble:
+        header += ["ensemble", "ensemble_low", "ensemble_high", "ensemble_minus_seed0", "ensemble_minus_seed0_low",
+                   "ensemble_minus_seed0_high"]
 
     def blank(v):
         return "" if v is None else v
@@ -236,7 +241,108 @@ def write_summary(out_dir: Path, summary: dict) -> None:
             f = figs[k]
             per_seed = [blank(x) for i in range(n)
                         for x in (f["values"][i], *(f["intervals"][i] or (None, None)))]
-            rows.append([name, k, *(blank(f[s]) for s in ("mean", "std", "min", "max")), *per_seed])
+            row = [name, k, *(blank(f[s]) for s in ("mean", "std", "min", "max")), *per_seed]
+            if ensemble:
+                scores = ensemble["macro"] if name == "macro" else ensemble["per_au"][name]
+                ci = (scores.get("ci") or {}).get(k) or (None, None)
+                diff = ensemble["difference"].get(k) if name == "macro" else None
+                diff_ci = (diff or {}).get("interval") or (None, None)
+                row += [blank(x) for x in (scores[k], *ci, (diff or {}).get("difference"), *diff_ci)]
+            rows.append(row)
     utils.write_json(out_dir / "results.json", summary)
     utils.write_csv(out_dir / "results.csv", header, rows)
     utils.atomic_write_bytes(out_dir / "results.md", (format_summary(summary) + "\n").encode("utf-8"))
+
+
+# ----------------------------------------------------------------------------- the ensemble
+
+
+def mean_predictions(parts: list[metrics.FoldPredictions], names: list[str], out_dir: Path) -> metrics.FoldPredictions:
+    """Each sequence's mean probability over the seeds' pooled predictions, rows in seed 0's order.
+    The seeds must have scored the same sequences with the same labels; a sequence's fold is kept
+    where every seed tested it in the same fold (always, today), else left empty."""
+    first = parts[0]
+    position = {s: i for i, s in enumerate(first.ids)}
+    total = np.zeros(first.probs.shape, dtype=np.float64)
+    same_fold = np.ones(len(first), dtype=bool)
+    for part, name in zip(parts, names):
+        where = out_dir / name / "predictions.csv"
+        if len(part) != len(first) or set(part.ids) != set(position):
+            raise UserError(f"{where} holds {len(part)} sequences and {out_dir / names[0] / 'predictions.csv'} "
+                            f"{len(first)}, {len(set(part.ids) & set(position))} shared: the seeds were not scored "
+                            f"on the same data, so their predictions cannot be averaged; evaluate every seed on one "
+                            f"copy (python main.py -e --resume RUN)")
+        order = np.array([position[s] for s in part.ids]).argsort()  # this seed's rows in seed 0's order
+        if [part.subjects[i] for i in order] != first.subjects or not np.array_equal(part.targets[order], first.targets):
+            raise UserError(f"{where} gives other subjects or labels than {out_dir / names[0] / 'predictions.csv'} "
+                            f"for the same sequences: the seeds read different copies of the data; evaluate every "
+                            f"seed on one copy (python main.py -e --resume RUN)")
+        same_fold &= np.array([part.folds[i] == k for i, k in zip(order, first.folds)])
+        total += part.probs[order]
+    folds = [k if same else None for k, same in zip(first.folds, same_fold)]
+    return metrics.FoldPredictions(ids=list(first.ids), subjects=list(first.subjects), folds=folds,
+                                   targets=first.targets, probs=total / len(parts))
+
+
+def seed0_resampling(first: dict, pooled: metrics.FoldPredictions) -> intervals.Resampling | None:
+    """Seed 0's bootstrap drawn again (the same units, resamples and seed, so the same subjects in
+    every resample), or None when it ran with --bootstrap 0."""
+    boot = first.get("bootstrap")
+    if not boot:
+        return None
+    units = pooled.ids if boot["unit"] == "sequence" else pooled.subjects
+    return intervals.draw(units, boot["resamples"], boot["seed"], boot["unit"])
+
+
+def score_ensemble(results: list[dict], parts: list[metrics.FoldPredictions], names: list[str], seeds: list[int],
+                   out_dir: Path) -> tuple[dict, metrics.FoldPredictions]:
+    """The ensemble's results (a run's results.json, plus its paired difference from seed 0) and
+    its pooled predictions."""
+    first = results[0]
+    pooled = mean_predictions(parts, names, out_dir)
+    aus, threshold = first["aus"], first["threshold"]
+    scores = metrics.compute_metrics(pooled.targets, pooled.probs, aus, threshold)
+    resampling = seed0_resampling(first, pooled)
+    if resampling is not None:
+        intervals.add_intervals(scores, resampling, pooled.targets, pooled.probs, aus, threshold)
+    described = {k: v for k, v in first.items() if k not in ("per_au", "macro", "bootstrap", "n")}
+    ensemble = {**described, "seeds": seeds, "runs": names,
+                "members": f"each sequence's mean probability over the {len(seeds)} seeds' out-of-fold predictions",
+                "bootstrap": None if resampling is None else resampling.record(), **scores}
+    point = {k: (first["macro"][k], ensemble["macro"][k]) for k in DIFFERENCE_KEYS}
+    if resampling is None:
+        diffs = {k: intervals.PairedDifference(k, None if None in point[k] else point[k][1] - point[k][0], None,
+                                               "no --bootstrap") for k in DIFFERENCE_KEYS}
+        how = "no interval (--bootstrap 0)"
+    else:
+        # seed 0's rows are in the pooled order already: the mean was taken in its order
+        diffs = intervals.paired_differences(resampling, (pooled.targets, parts[0].probs),
+                                             (pooled.targets, pooled.probs), threshold, threshold, point,
+                                             DIFFERENCE_KEYS)
+        how = (f"{intervals.CONFIDENCE:.0%} paired percentile bootstrap over {resampling.unit}s (seed 0's "
+               f"{resampling.resamples} resamples of {len(resampling.units)} {resampling.unit}s, the same for both)")
+    ensemble["difference"] = {"from": names[0], "seed": seeds[0], "text": how,
+                              **{k: d.record() for k, d in diffs.items()}}
+    return ensemble, pooled
+
+
+def write_ensemble_files(out_dir: Path, ensemble: dict, pooled: metrics.FoldPredictions) -> None:
+    """The ensemble's predictions.csv, f1.png and confusion.png, where a run keeps its own."""
+    pooled.write(out_dir / "predictions.csv", ensemble["aus"])
+    metrics.plot_f1(ensemble, out_dir / "f1.png")
+    metrics.plot_confusion(pooled.targets, pooled.probs, ensemble["aus"], ensemble["threshold"],
+                           out_dir / "confusion.png")
+
+
+def ensemble_name(summary: dict) -> str:
+    return f"{summary['model']} ensemble of {len(summary['seeds'])} seeds"
+
+
+def format_difference(ensemble: dict) -> str:
+    """The line under the ensemble's table: its macro F1 and AUC minus seed 0's, with paired intervals."""
+    diff = ensemble["difference"]
+    cells = [f"macro {k.upper() if k == 'auc' else k.capitalize()} "
+             f"{intervals.PairedDifference(k, **{f: diff[k][f] for f in ('difference', 'interval', 'reason')}).text()}"
+             for k in DIFFERENCE_KEYS]
+    return (f"ensemble minus {diff['from']} (--seed {diff['seed']}): {', '.join(cells)}; {diff['text']}; "
+            f"* where the interval excludes 0")
