@@ -27,9 +27,10 @@ folds, the same learning rate, batch, augmentation and positive weights for ever
   batch; the same tree, the same folds (engine.make_folds on the same subjects), the same weights;
 - bare loop + 3 frames + flip TTA: the same loop on the last 3 frames of each training sequence,
   each test face scored with its mirror image (its figures without TTA are in the JSON);
-- shape model: `python main.py --model landmarks` with its own defaults (no image: one logistic
-  regression per AU on the peak's 68 normalised, standardised points, trained by main.py's loop),
-  on the same folds; only --kfold, --split and --shape-epochs are the benchmark's;
+- shape model: `python main.py --model landmarks --lr 0.1`, docs/usage.md's command, its other
+  settings main.py's defaults (no image: one logistic regression per AU on the peak's 68 normalised,
+  standardised points, trained by main.py's loop), on the same folds; only --kfold, --split and
+  --shape-epochs are the benchmark's;
 - logistic regression on the shape: its anchor, `shape_lr` below -- scikit-learn's
   LogisticRegression (C 0.1, class_weight balanced), one per AU, on the same 136 numbers
   (geometry.normalise of the peak's landmarks, standardised on the training fold), the same folds:
@@ -79,7 +80,7 @@ ROWS = {
     "geometry": ("new + landmark geometry", ["--geometry"]),
     "bare": ("bare loop (whole frame)", []),
     "bare-frames-tta": ("bare loop + 3 frames + flip TTA", []),
-    "landmarks": ("shape model (--model landmarks)", ["--model", "landmarks"]),
+    "landmarks": ("shape model (--model landmarks)", ["--model", "landmarks", "--lr", "0.1"]),
     "shape-lr": ("logistic regression on the shape", []),
 }
 # The rows run by `bare_loop` (not main.py): name -> (frames per training sequence, TTA)

@@ -1,4 +1,4 @@
-"""--geometry, --model landmarks and --crop-fill: the landmarks' shape beside the pixels, and crops without black bands."""
+"""--geometry, --model landmarks and --crop-fill: the landmarks' shape beside the pixels, the shape alone, and crops past the frame."""
 from __future__ import annotations
 
 import csv

@@ -64,5 +64,5 @@ def test_recipes_benchmark_reports_every_row(imagenet_mobilenet, tmp_path):
     assert "new defaults (mean loss) minus bare loop (whole frame): macro F1 " in proc.stdout
     assert "(paired, over subjects)" in proc.stdout
     # the shape model against its anchor: scikit-learn's logistic regression per AU on the same points and folds
-    assert rows["landmarks"]["flags"] == "--model landmarks" and rows["shape-lr"]["flags"] == ""
+    assert rows["landmarks"]["flags"] == "--model landmarks --lr 0.1" and rows["shape-lr"]["flags"] == ""
     assert "shape model (--model landmarks) minus logistic regression on the shape: macro F1 " in proc.stdout
