@@ -162,8 +162,10 @@ def load_model_state(model: models.AUNet, ckpt: dict, path: Path) -> None:
         else:
             model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise UserError(f"checkpoint {path} does not fit a {ckpt['arch']} model with {len(ckpt['aus'])} AUs: "
-                        f"{utils.first_line(e)}") from None
+        # a --model landmarks run from before issue 24 held an MLP where the model is now linear
+        raise UserError(f"checkpoint {path} does not fit a {ckpt['arch']} model with {len(ckpt['aus'])} AUs "
+                        f"({utils.first_line(e)}): an older version of this program wrote it; retrain the run with "
+                        f"this version, or use the version that wrote it") from None
 
 
 def load_fold_checkpoint(path: Path, args, aus: list[int], fold: int | None, test_ids: list[str] | None) -> dict:

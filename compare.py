@@ -97,7 +97,8 @@ def row_names(runs: list[Run]) -> list[str]:
     keys = setting_keys(runs)
     names = []
     for run in runs:
-        flags = [f for f in (flag(k, run.args.get(k)) for k in keys) if f]
+        model = run.args.get("model")  # a shape model is not named by the crop, the image size or the weights
+        flags = [f for f in (flag(k, run.args.get(k)) for k in keys if settings.applies(k, model)) if f]
         names.append(run.results["model"] + (f" ({', '.join(flags)})" if flags else "")
                      + (f" --seeds {run.seeds} (ensemble)" if run.seeds else ""))
     return [f"{name} [{run.label}]" if names.count(name) > 1 else name for name, run in zip(names, runs)]

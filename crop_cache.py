@@ -40,7 +40,7 @@ DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image
 
 
 def _decode_and_crop(image_path: Path, landmarks: np.ndarray, size: int, crop: str, margin: float,
-                     fill: str = "image") -> np.ndarray:
+                     fill: str = preprocess.DEFAULT_FILL) -> np.ndarray:
     try:
         with Image.open(image_path) as img:
             img.load()
@@ -101,7 +101,7 @@ def load_crops(
     size: int,
     crop: str = "square",
     margin: float = preprocess.DEFAULT_MARGIN,
-    fill: str = "image",
+    fill: str = preprocess.DEFAULT_FILL,
     cache_dir: str | os.PathLike | None = None,
     workers: int = 0,
     skip_bad: bool = False,

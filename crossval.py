@@ -17,6 +17,7 @@ import checkpoints
 import dataset
 import engine
 import metrics
+import models
 import runs
 import start_weights
 import utils
@@ -61,10 +62,10 @@ def train_folds(args: argparse.Namespace, run_dir: Path, data: dataset.CKPlusDat
     trained = {}
     current = None
     threads = torch.get_num_threads()
-    if inputs.features is not None and device.type == "cpu":
-        # Training a linear head on cached features is thousands of tiny matrix products: one
-        # thread is as fast, and several spin-wait each other to a crawl on a busy CPU (the
-        # 593x10x100 protocol measured 6.6 s with one thread, 330 s with two under load).
+    if (inputs.features is not None or args.model == models.LANDMARKS) and device.type == "cpu":
+        # Training a linear head on cached features (or on the landmarks alone) is thousands of
+        # tiny matrix products: one thread is as fast, and several spin-wait each other to a crawl
+        # on a busy CPU (the 593x10x100 protocol measured 6.6 s with one thread, 330 s with two under load).
         torch.set_num_threads(1)
     try:
         for k in pending:

@@ -410,7 +410,7 @@ class CKPlusDataset:
         size: int,
         crop: str = "square",
         margin: float = preprocess.DEFAULT_MARGIN,
-        fill: str = "image",
+        fill: str = preprocess.DEFAULT_FILL,
         cache_dir: str | os.PathLike | None = None,
         workers: int = 0,
         skip_bad: bool = False,

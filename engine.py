@@ -234,12 +234,13 @@ def epoch_generator(seed: int, fold: int, epoch: int) -> torch.Generator:
 LOSS_MODES = ("auto", "mean", "sum")
 
 
-def resolve_loss(loss: str, freeze_backbone: bool) -> str:
-    """--loss auto: the original's sum when only the head trains (each AU's head is its own
-    logistic regression at --lr), the mean when a shared backbone trains (so --lr means what it
-    means in torchvision's and timm's recipes, whatever the number of AUs)."""
+def resolve_loss(loss: str, head_only: bool) -> str:
+    """--loss auto: the original's sum when only the head trains (`head_only`: a frozen backbone, or
+    --model landmarks, which has none; each AU's head is then its own logistic regression at --lr),
+    the mean when a shared backbone trains (so --lr means what it means in torchvision's and timm's
+    recipes, whatever the number of AUs)."""
     if loss == "auto":
-        return "sum" if freeze_backbone else "mean"
+        return "sum" if head_only else "mean"
     return loss
 
 

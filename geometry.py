@@ -16,6 +16,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+# --model's name for the model that is these numbers alone, with no image (models.LANDMARKS; named here,
+# where the light modules that name run settings, settings.py and compare.py, can read it)
+SHAPE_MODEL = "landmarks"
 NUM_POINTS = 68
 FEATURES = 2 * NUM_POINTS
 EYE_A = slice(36, 42)  # the eye on the image's left in a frontal face (iBUG 36-41)

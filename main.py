@@ -62,7 +62,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.add_argument("--margin", type=float, default=settings.default("margin"), metavar="F",
                    help="square crop: extra side around the landmark box, as a fraction")
     d.add_argument("--crop-fill", choices=preprocess.CROP_FILLS, default=settings.default("crop_fill"),
-                   help="a square crop past the frame: image shifts it inside (or repeats the edge); black pads it")
+                   help="a square crop past the frame: black pads it (the default); image shifts it inside (or "
+                        "repeats the edge)")
     d.add_argument("--image-size", type=int, metavar="PX", default=settings.default("image_size"),
                    help="model input size (default: the backbone's own, 224; 299 for inception)")
     d.add_argument("--norm", choices=preprocess.NORM_MODES, default=settings.default("norm"),
@@ -116,7 +117,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     o.add_argument("--loss", choices=engine.LOSS_MODES, default=settings.default("loss"),
                    help="combining the per-AU binary cross-entropies: mean over images and AUs (fine-tuning); "
                         "sum, the mean over images summed over AUs (the original's: each AU's head is its own "
-                        "logistic regression at --lr); auto: sum with --freeze-backbone, else mean")
+                        "logistic regression at --lr); auto: sum with --freeze-backbone or --model landmarks, "
+                        "else mean")
     o.add_argument("--momentum", type=float, default=settings.default("momentum"), metavar="M", help="SGD momentum")
     o.add_argument("--wd", "--weight-decay", type=float, default=settings.default("wd"), metavar="W", dest="wd", help="weight decay")
     o.add_argument("--pos-weight", action="store_true",
@@ -182,6 +184,9 @@ def check_args(args: argparse.Namespace) -> None:
         (args.min_count is None or args.min_count >= 0, "--min-count must be zero or positive"),
         (args.workers >= 0, "--workers must be zero or positive"),
         (args.bootstrap >= 0, "--bootstrap must be zero (no intervals) or a number of resamples"),
+        (not (args.freeze_backbone and args.model == models.LANDMARKS),
+         f"--freeze-backbone: --model {models.LANDMARKS} has no backbone to freeze (it trains one logistic regression "
+         f"per AU on the landmarks alone): drop --freeze-backbone"),
     ]
     for ok, message in checks:
         if not ok:
@@ -197,7 +202,7 @@ def fill_defaults(args: argparse.Namespace) -> None:
         args.workers = min(4, os.cpu_count() or 1)
     if args.image_size is None:
         args.image_size = models.model_config(args.model).input_size
-    args.loss = engine.resolve_loss(args.loss, args.freeze_backbone)
+    args.loss = engine.resolve_loss(args.loss, args.freeze_backbone or args.model == models.LANDMARKS)
     if args.model == models.LANDMARKS:  # no backbone: no weights; the geometry is the model
         args.weights = "none" if args.weights == "DEFAULT" else args.weights
         args.geometry = True

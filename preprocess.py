@@ -16,9 +16,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 CROP_MODES = ("square", "original")
-# A square crop that reaches past the frame: `image` moves it inside the frame where it fits and
-# replicates the frame's edge for what is still outside; `black` pads with zeros (before --crop-fill).
-CROP_FILLS = ("image", "black")
+# A square crop that reaches past the frame: `black` pads with zeros (the default: on the team's real
+# 48x48 faces it measured 0.844 macro F1 against 0.833 for `image`, a paired difference of +0.011
+# [-0.007, +0.031]); `image` moves it inside the frame where it fits and replicates the frame's edge
+# for what is still outside.
+CROP_FILLS = ("black", "image")
+DEFAULT_FILL = "black"
 NORM_MODES = ("weights", "half")
 DEFAULT_MARGIN = 0.25
 
@@ -97,13 +100,13 @@ def crop_face(
     size: int,
     mode: str = "square",
     margin: float = DEFAULT_MARGIN,
-    fill: str = "image",
+    fill: str = DEFAULT_FILL,
 ) -> np.ndarray:
     """Crop the face and resize it to a `size` x `size` grayscale uint8 array.
 
-    A square box that reaches past the frame is, with fill="image", moved inside the frame where
-    it fits, and what still lies outside (a face larger than the frame) repeats the frame's edge;
-    with fill="black" it is padded black, as before --crop-fill. The resize is Pillow's
+    A square box that reaches past the frame is, with fill="black", padded black; with
+    fill="image" it is moved inside the frame where it fits, and what still lies outside (a face
+    larger than the frame) repeats the frame's edge. The resize is Pillow's
     antialiased bilinear, so shrinking a 250 px face to 64 px does not alias.
     """
     if fill not in CROP_FILLS:

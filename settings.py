@@ -10,6 +10,8 @@ its rows by them. A setting added to `SETTINGS` is saved, refused and compared w
     scoring  only says how a run is scored: saved in args.json, yet a typed value wins on --resume
              and -e, and an args.json without it means its default
     evaluate_anew  (tta) trained and scored with it, yet -e may ask the run's checkpoints another way
+    images   only a model that reads images uses it (the crop, the input size, the backbone's weights):
+             --model landmarks, the landmarks alone, keeps its value in args.json but is not named by it
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import dataset
+import geometry
 import intervals
 import preprocess
 from utils import UserError
@@ -35,6 +38,7 @@ class Setting:
     trains: bool = True
     scoring: bool = False
     evaluate_anew: bool = False
+    images: bool = False
 
     @property
     def flag(self) -> str:
@@ -60,16 +64,21 @@ class Setting:
 
 # In args.json order. A default of None is filled in from another flag (main.fill_defaults):
 # --image-size from --model; --aus None means the default AU list unless --min-count is given.
+# --augment and --tta flip mirror the landmarks too, so they apply to every model; --geometry is what
+# --model landmarks is made of (always on there).
 SETTINGS = (
-    Setting("model", "alexnet"), Setting("aus", None), Setting("min_count", None), Setting("crop", "square"),
-    Setting("margin", preprocess.DEFAULT_MARGIN), Setting("image_size", None), Setting("norm", "weights"),
-    Setting("augment", False), Setting("weights", "DEFAULT"), Setting("freeze_backbone", False),
+    Setting("model", "alexnet"), Setting("aus", None), Setting("min_count", None),
+    Setting("crop", "square", images=True), Setting("margin", preprocess.DEFAULT_MARGIN, images=True),
+    Setting("image_size", None, images=True), Setting("norm", "weights", images=True),
+    Setting("augment", False), Setting("weights", "DEFAULT", images=True),
+    Setting("freeze_backbone", False, images=True),
     Setting("epochs", 100), Setting("step", 20), Setting("gamma", 0.5), Setting("start_epoch", 0),
-    Setting("batch_size", 32), Setting("lr", 0.01), Setting("backbone_lr", 1.0), Setting("loss", "auto"),
+    Setting("batch_size", 32), Setting("lr", 0.01), Setting("backbone_lr", 1.0, images=True), Setting("loss", "auto"),
     Setting("momentum", 0.9), Setting("wd", 1e-4), Setting("pos_weight", False), Setting("threshold", 0.5),
     Setting("kfold", 10), Setting("split", "subject"), Setting("seed", 0), Setting("amp", False),
     Setting("skip_bad", False), Setting("final", False), Setting("frames", 1),
-    Setting("tta", "none", evaluate_anew=True), Setting("geometry", False), Setting("crop_fill", "image"),
+    Setting("tta", "none", evaluate_anew=True), Setting("geometry", False, images=True),
+    Setting("crop_fill", preprocess.DEFAULT_FILL, images=True),
     Setting("bootstrap", intervals.DEFAULT_RESAMPLES, trains=False, scoring=True),
 )
 BY_DEST = {s.dest: s for s in SETTINGS}
@@ -77,6 +86,12 @@ RUN_SETTINGS = tuple(s.dest for s in SETTINGS if s.trains)
 SCORING_SETTINGS = tuple(s.dest for s in SETTINGS if s.scoring)
 # the settings that name a compare.py row when they differ (the model names it already)
 ROW_SETTINGS = tuple(k for k in RUN_SETTINGS if k != "model")
+
+
+def applies(dest: str, model: str | None) -> bool:
+    """Whether setting `dest` means anything to a run of `model`: the image settings do not to
+    --model landmarks, which reads no image."""
+    return not (BY_DEST[dest].images and model == geometry.SHAPE_MODEL)
 
 
 def default(dest: str) -> Any:

@@ -3,6 +3,7 @@
     python benchmarks/recipes.py                               # a 60-subject synthetic CK+ (kept in the cache)
     python benchmarks/recipes.py --json /tmp/recipes.json      # also write the figures as JSON
     python benchmarks/recipes.py --subjects 4 --epochs 2 --kfold 2 --image-size 64   # a smoke test
+    python benchmarks/recipes.py --rows landmarks,shape-lr --kfold 5 --tree-seed 13  # the shape model, seconds
 
 Each row is one `python main.py` run of ImageNet mobilenet_v2 (--model mobilenet_v2, --weights
 IMAGENET1K_V1: the file that can be had offline) on a synthetic CK+ with subject-independent
@@ -25,7 +26,15 @@ folds, the same learning rate, batch, augmentation and positive weights for ever
   (momentum 0.9, weight decay 1e-4), StepLR(--step, --gamma), one horizontal-flip decision per
   batch; the same tree, the same folds (engine.make_folds on the same subjects), the same weights;
 - bare loop + 3 frames + flip TTA: the same loop on the last 3 frames of each training sequence,
-  each test face scored with its mirror image (its figures without TTA are in the JSON).
+  each test face scored with its mirror image (its figures without TTA are in the JSON);
+- shape model: `python main.py --model landmarks --lr 0.1`, docs/usage.md's command, its other
+  settings main.py's defaults (no image: one logistic regression per AU on the peak's 68 normalised,
+  standardised points, trained by main.py's loop), on the same folds; only --kfold, --split and
+  --shape-epochs are the benchmark's;
+- logistic regression on the shape: its anchor, `shape_lr` below -- scikit-learn's
+  LogisticRegression (C 0.1, class_weight balanced), one per AU, on the same 136 numbers
+  (geometry.normalise of the peak's landmarks, standardised on the training fold), the same folds:
+  the classic CK+ shape baseline, which --model landmarks must not trail.
 
 It prints macro F1 and macro ROC AUC of the pooled out-of-fold predictions with their 95%
 intervals over subjects (main.py's bootstrap: 2000 resamples, seed 0), the wall time of each run,
@@ -71,9 +80,15 @@ ROWS = {
     "geometry": ("new + landmark geometry", ["--geometry"]),
     "bare": ("bare loop (whole frame)", []),
     "bare-frames-tta": ("bare loop + 3 frames + flip TTA", []),
+    "landmarks": ("shape model (--model landmarks)", ["--model", "landmarks", "--lr", "0.1"]),
+    "shape-lr": ("logistic regression on the shape", []),
 }
 # The rows run by `bare_loop` (not main.py): name -> (frames per training sequence, TTA)
 BARE = {"bare": (1, "none"), "bare-frames-tta": (3, "flip")}
+# The rows that read no image: main.py with their own defaults (not the CNN's common flags)
+SHAPE = {"landmarks"}
+# recipe row -> the anchor row it must not trail (paired, over subjects)
+VERDICTS = (("new", "bare"), ("frames-tta", "bare-frames-tta"), ("geometry", "new"), ("landmarks", "shape-lr"))
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -90,6 +105,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=128, metavar="PX", help="model input size")
     p.add_argument("-b", "--batch-size", type=int, default=16, metavar="N", help="mini-batch size")
     p.add_argument("--lr", type=float, default=0.01, metavar="LR", help="main.py --lr, the same for every row")
+    p.add_argument("--shape-epochs", type=int, default=None, metavar="N",
+                   help="main.py --epochs of the shape-model row (default: main.py's own)")
+    p.add_argument("--tree-seed", type=int, default=0, metavar="S",
+                   help="synthetic.py --seed of the tree (another seed: another tree, kept beside the first)")
     p.add_argument("--rows", default=",".join(ROWS), metavar="LIST", help=f"rows to run, of {', '.join(ROWS)}")
     p.add_argument("-j", "--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
                    help="main.py -j (crop workers for a cold crop cache)")
@@ -106,15 +125,15 @@ def log(message: str) -> None:
 
 
 def prepare_tree(args: argparse.Namespace) -> list[str]:
-    """The three CK+ folders main.py takes, of a synthetic CK+ of --subjects subjects (seed 0, the
+    """The three CK+ folders main.py takes, of a synthetic CK+ of --subjects subjects (--tree-seed, the
     generator's 3-6 frames per sequence) kept in --cache-dir: generated on first use, into a
     temporary name renamed when complete."""
-    root = Path(args.cache_dir) / f"recipes-ckplus-{args.subjects}"
+    root = Path(args.cache_dir) / (f"recipes-ckplus-{args.subjects}" + (f"-seed{args.tree_seed}" if args.tree_seed else ""))
     if not ckplus.folders(root)["frame"].is_dir():
         tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        log(f"generating a synthetic CK+ of {args.subjects} subjects in {root}, once")
-        synthetic.generate(tmp, subjects=args.subjects, seed=0)
+        log(f"generating a synthetic CK+ of {args.subjects} subjects (seed {args.tree_seed}) in {root}, once")
+        synthetic.generate(tmp, subjects=args.subjects, seed=args.tree_seed)
         os.replace(tmp, root)
     return [str(d) for d in ckplus.training_dirs(root)]
 
@@ -123,6 +142,15 @@ def common_flags(args: argparse.Namespace) -> list[str]:
     return ["--model", MODEL, "--weights", args.weights, "--split", "subject", "--kfold", str(args.kfold),
             "--epochs", str(args.epochs), "--step", str(args.step), "--gamma", str(args.gamma), "-b", str(args.batch_size), "--lr", str(args.lr),
             "--image-size", str(args.image_size), "--pos-weight", "--augment"]
+
+
+def row_flags(name: str, args: argparse.Namespace) -> list[str]:
+    """main.py's flags of a row: the common ones and its own; a shape row, its own defaults on the same folds."""
+    flags = ROWS[name][1]
+    if name in SHAPE:
+        epochs = ["--epochs", str(args.shape_epochs)] if args.shape_epochs else []
+        return [*flags, "--split", "subject", "--kfold", str(args.kfold), *epochs]
+    return [*common_flags(args), *flags]
 
 
 def fold_losses(run_dir: Path, kfold: int) -> list[list[float]]:
@@ -149,9 +177,10 @@ def main_py(argv: list[str]) -> tuple[float, str | None]:
 def run_row(name: str, dirs: list[str], args: argparse.Namespace, work: Path, done: dict) -> dict:
     """One main.py run (or the bare loop) -> its figures, or why it failed. `done`: the rows already run."""
     what, flags = ROWS[name]
-    if name in BARE:
+    if name in BARE or name == "shape-lr":
         log(f"{what}: the benchmark's own loop")
-        row = {"name": name, "what": what, "flags": "", **bare_loop(dirs, args, *BARE[name])}
+        figures = bare_loop(dirs, args, *BARE[name]) if name in BARE else shape_lr(dirs, args)
+        row = {"name": name, "what": what, "flags": "", **figures}
         log(f"{what}: macro F1 {row['macro_f1']:.3f}, AUC {row['macro_auc']:.3f}, {row['wall_s']:.0f}s")
         return row
     run_dir = work / f"run-{name}"
@@ -164,7 +193,7 @@ def run_row(name: str, dirs: list[str], args: argparse.Namespace, work: Path, do
     else:
         trained = run_dir
         log(f"{what}: python main.py ... {' '.join(flags)}")
-        wall, error = main_py([*dirs, *common_flags(args), *flags, "-j", str(args.workers), "--cache-dir",
+        wall, error = main_py([*dirs, *row_flags(name, args), "-j", str(args.workers), "--cache-dir",
                                args.cache_dir, "--output-dir", str(run_dir), "--quiet"])
     row = {"name": name, "what": what, "flags": " ".join(flags), "wall_s": round(wall, 1)}
     if trained != run_dir:
@@ -264,21 +293,54 @@ def bare_loop(dirs: list[str], args: argparse.Namespace, frames: int, tta: str) 
                 if tta == "flip":
                     p = (p + torch.sigmoid(model(x.flip(-1)))) / 2
                 probs[part.numpy()] = p.numpy()
-    scores = metrics.compute_metrics(labels.numpy(), probs, aus, 0.5)
-    subjects = [r.subject for r in records]
-    resampling = intervals.draw(subjects, intervals.DEFAULT_RESAMPLES, 0)  # main.py's: over subjects, --seed 0
-    intervals.add_intervals(scores, resampling, labels.numpy(), probs, aus, 0.5)
-    row = {"wall_s": round(time.perf_counter() - t0, 1), "macro_f1": scores["macro"]["f1"],
-           "macro_auc": scores["macro"]["auc"], "macro_ci": scores["macro"]["ci"], "sequences": len(records),
-           "predictions": {"ids": [r.id for r in records], "subjects": subjects, "targets": labels.numpy(),
-                           "probs": probs},
-           "fold_losses": losses,
-           "loss_rose": [len(f) > 1 and f[1] > f[0] for f in losses], "training_images": len(rows),
-           "per_au_f1": {f"AU{au}": scores["per_au"][f"AU{au}"]["f1"] for au in aus}}
+    row = {**scored(records, aus, probs, t0, losses), "training_images": len(rows)}
     if tta != "none":
         without = metrics.compute_metrics(labels.numpy(), plain, aus, 0.5)["macro"]
         row["without_tta"] = {"macro_f1": without["f1"], "macro_auc": without["auc"]}
     return row
+
+
+def scored(records: list, aus: list[int], probs, start: float, losses: list | None = None) -> dict:
+    """An anchor's row: its pooled out-of-fold figures, with intervals over subjects (main.py's bootstrap)."""
+    targets = dataset.encode_labels(records, aus)
+    scores = metrics.compute_metrics(targets, probs, aus, 0.5)
+    subjects = [r.subject for r in records]
+    resampling = intervals.draw(subjects, intervals.DEFAULT_RESAMPLES, 0)  # main.py's: over subjects, --seed 0
+    intervals.add_intervals(scores, resampling, targets, probs, aus, 0.5)
+    return {"wall_s": round(time.perf_counter() - start, 1), "macro_f1": scores["macro"]["f1"],
+            "macro_auc": scores["macro"]["auc"], "macro_ci": scores["macro"]["ci"], "sequences": len(records),
+            "predictions": {"ids": [r.id for r in records], "subjects": subjects, "targets": targets, "probs": probs},
+            "fold_losses": losses or [], "loss_rose": [len(f) > 1 and f[1] > f[0] for f in losses or []],
+            "per_au_f1": {f"AU{au}": scores["per_au"][f"AU{au}"]["f1"] for au in aus}}
+
+
+def shape_lr(dirs: list[str], args: argparse.Namespace) -> dict:
+    """The shape model's anchor: one scikit-learn logistic regression per AU (C 0.1, balanced classes)
+    on the peak's 136 normalised landmark numbers, standardised on the training fold; main.py's folds."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    import geometry
+
+    t0 = time.perf_counter()
+    records = dataset.index_ckplus(*dirs)
+    aus = dataset.select_aus(records)
+    labels = dataset.encode_labels(records, aus)
+    shapes = geometry.normalise(np.stack([r.landmarks for r in records]))
+    probs = np.zeros(labels.shape, dtype=np.float64)
+    for test in engine.make_folds([r.subject for r in records], args.kfold, "subject"):
+        train = np.setdiff1d(np.arange(len(records)), test)
+        scaler = StandardScaler().fit(shapes[train])
+        x_train, x_test = scaler.transform(shapes[train]), scaler.transform(shapes[test])
+        for a in range(len(aus)):
+            y = labels[train, a]
+            if y.min() == y.max():  # one class in this training fold: nothing to fit, its rate is the answer
+                probs[test, a] = y[0]
+                continue
+            fit = LogisticRegression(C=0.1, class_weight="balanced", max_iter=5000).fit(x_train, y)
+            probs[test, a] = fit.predict_proba(x_test)[:, 1]
+    return scored(records, aus, probs, t0)
 
 
 def fmt(value: float | None) -> str:
@@ -333,7 +395,8 @@ def format_table(report: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
-        flags = f"`{row['flags']}`" if row["flags"] else "(its own loop)" if row["name"] in BARE else "(defaults)"
+        own = row["name"] in BARE or row["name"] == "shape-lr"
+        flags = f"`{row['flags']}`" if row["flags"] else "(its own loop)" if own else "(defaults)"
         if "error" in row:
             lines.append(f"| {row['what']} | {flags} | failed: {row['error']} | | {row['wall_s']:.0f} s | |")
             continue
@@ -344,7 +407,7 @@ def format_table(report: dict) -> str:
                      f"{wall} | {trend} |")
     by_name = {row["name"]: row for row in report["rows"] if "error" not in row}
     lines.append("")
-    for recipe, anchor in (("new", "bare"), ("frames-tta", "bare-frames-tta"), ("geometry", "new")):
+    for recipe, anchor in VERDICTS:
         if recipe in by_name and anchor in by_name:
             lines.append(verdict(by_name[recipe], by_name[anchor]))
     if "without_tta" in by_name.get("bare-frames-tta", {}):

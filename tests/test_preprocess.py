@@ -37,19 +37,20 @@ def test_square_crop_is_centred_and_keeps_aspect():
     assert (right - left, bottom - top) == (300, 300)
 
 
-def test_square_crop_near_the_edge_is_padded_black_with_crop_fill_black():
+def test_square_crop_near_the_edge_is_padded_black_by_default_and_shifted_inside_with_crop_fill_image():
     frame = np.full((490, 640), 200, dtype=np.uint8)
     lmk = box_landmarks(-40, 320, 160, 520)  # face partly outside the frame, bottom-left
     box = preprocess.crop_box(lmk, (640, 490), "square", margin=0)
     assert box == (-40, 320, 160, 520)
-    crop = preprocess.crop_face(frame, lmk, size=20, mode="square", margin=0, fill="black")
+    crop = preprocess.crop_face(frame, lmk, size=20, mode="square", margin=0)
     assert crop.shape == (20, 20) and crop.dtype == np.uint8
+    np.testing.assert_array_equal(crop, preprocess.crop_face(frame, lmk, size=20, mode="square", margin=0, fill="black"))
     # 40 of 200 px to the left and 30 of 200 px at the bottom lie outside the frame: black
     assert (crop[:, :3] == 0).all() and (crop[-1:, :] == 0).all()
     assert (crop[5:15, 8:15] == 200).all()
-    # the default moves the square inside the frame: (0, 290, 200, 490), no black
+    # --crop-fill image moves the square inside the frame: (0, 290, 200, 490), no black
     assert preprocess.inside_frame(box, (640, 490)) == (0, 290, 200, 490)
-    assert (preprocess.crop_face(frame, lmk, size=20, mode="square", margin=0) == 200).all()
+    assert (preprocess.crop_face(frame, lmk, size=20, mode="square", margin=0, fill="image") == 200).all()
 
 
 def test_original_crop_stretches_to_the_square():

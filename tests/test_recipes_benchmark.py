@@ -8,7 +8,8 @@ import sys
 
 from conftest import REPO
 
-TINY = ["--subjects", "3", "--epochs", "2", "--kfold", "2", "--image-size", "64", "-b", "8", "-j", "0"]
+TINY = ["--subjects", "3", "--epochs", "2", "--shape-epochs", "2", "--kfold", "2", "--image-size", "64", "-b", "8",
+        "-j", "0"]
 
 
 def test_recipes_benchmark_reports_every_row(imagenet_mobilenet, tmp_path):
@@ -19,13 +20,15 @@ def test_recipes_benchmark_reports_every_row(imagenet_mobilenet, tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     rows = {row["name"]: row for row in report["rows"]}
-    assert list(rows) == ["old", "new", "frames", "frames-tta", "geometry", "bare", "bare-frames-tta"]
+    assert list(rows) == ["old", "new", "frames", "frames-tta", "geometry", "bare", "bare-frames-tta", "landmarks",
+                          "shape-lr"]
     assert rows["old"]["flags"] == "--loss sum" and rows["frames-tta"]["flags"] == "--frames 3 --tta flip"
     assert rows["geometry"]["flags"] == "--geometry"
     for row in rows.values():
         assert "error" not in row, row
         assert math.isfinite(row["macro_f1"]) and math.isfinite(row["macro_auc"]) and row["wall_s"] > 0
-        assert [len(fold) for fold in row["fold_losses"]] == [2, 2]  # two folds, two epochs each, from metrics.csv
+        # two folds, two epochs each, from metrics.csv (scikit-learn's regression has no epochs)
+        assert [len(fold) for fold in row["fold_losses"]] == ([] if row["name"] == "shape-lr" else [2, 2])
         assert row["loss_rose"] == [f[1] > f[0] for f in row["fold_losses"]]
         assert f"| {row['what']} |" in proc.stdout
         # every figure with its interval over subjects, around its own value (none where 3 subjects
@@ -60,3 +63,6 @@ def test_recipes_benchmark_reports_every_row(imagenet_mobilenet, tmp_path):
     # the recipe against its anchor is a paired difference with its interval, not two numbers
     assert "new defaults (mean loss) minus bare loop (whole frame): macro F1 " in proc.stdout
     assert "(paired, over subjects)" in proc.stdout
+    # the shape model against its anchor: scikit-learn's logistic regression per AU on the same points and folds
+    assert rows["landmarks"]["flags"] == "--model landmarks --lr 0.1" and rows["shape-lr"]["flags"] == ""
+    assert "shape model (--model landmarks) minus logistic regression on the shape: macro F1 " in proc.stdout
