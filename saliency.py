@@ -121,24 +121,49 @@ def choose_method(model: models.AUNet, size: int) -> Method | None:
     return Method("Grad-CAM", f"backbone.{name}", tuple(grid), coarse=True)
 
 
+def grad_cam(model: models.AUNet, layer: nn.Module, x: torch.Tensor, shape: torch.Tensor | None,
+             columns: list[int]) -> torch.Tensor:
+    """(N, len(columns), h, w) ReLU'd Grad-CAM at `layer` for several AU columns from one forward pass.
+
+    What captum's LayerGradCam computes (tests/test_explain.py checks it against captum), batched
+    over the AUs: captum runs the whole model forward once per AU; here the layer's output is cut
+    from the graph below it (nothing under the layer needs a gradient) and each AU costs one
+    backward pass from its logit down to the layer only, a third of the work for ten AUs."""
+    store = {}
+
+    def cut(module, inputs, output):
+        store["act"] = output.detach().requires_grad_(True)
+        return store["act"].clone()  # the next layer may be an in-place ReLU (alexnet's)
+
+    hook = layer.register_forward_hook(cut)
+    try:
+        with torch.enable_grad():
+            logits = model(x, shape)
+    finally:
+        hook.remove()
+    act = store["act"]
+    maps = []
+    for k, j in enumerate(columns):
+        grad, = torch.autograd.grad(logits[:, j].sum(), act, retain_graph=k < len(columns) - 1)
+        weights = grad.mean(dim=(2, 3), keepdim=True)  # each channel's mean gradient: its importance
+        maps.append((weights * act.detach()).sum(1, keepdim=True).relu())
+    return torch.cat(maps, 1)
+
+
 def au_maps(model: models.AUNet, method: Method, x: torch.Tensor, shape: torch.Tensor | None,
             columns: list[int] | None = None) -> torch.Tensor:
     """(N, A, S, S) non-negative maps of normalised images `x` (N, 3, S, S) for the model's AU
     columns `columns` (all by default); `shape`: the landmarks a --geometry model takes beside."""
-    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
+    from captum.attr import IntegratedGradients, LayerAttribution
 
     columns = list(range(model.num_aus)) if columns is None else columns
-    size = x.shape[-2:]
+    size = tuple(x.shape[-2:])
     model.eval()
-    model.requires_grad_(True)  # a frozen backbone too: the gradient must reach the layer
     if method.kind == "Grad-CAM":
-        layer = model.get_submodule(method.layer)
-        cam = LayerGradCam(lambda images, g: model(images, g), layer)
-        out = []
-        for j in columns:
-            a = cam.attribute(x, target=j, additional_forward_args=(shape,), relu_attributions=True)
-            out.append(LayerAttribution.interpolate(a.detach(), tuple(size), "bilinear").clamp_(min=0))
-        return torch.cat(out, 1)
+        model.requires_grad_(False)  # the gradient is taken with respect to the layer's output only
+        cam = grad_cam(model, model.get_submodule(method.layer), x, shape, columns)
+        return LayerAttribution.interpolate(cam.detach(), size, "bilinear").clamp_(min=0)
+    model.requires_grad_(False)
     ig = IntegratedGradients(lambda images, g: model(images, g))
     out = []
     for j in columns:
@@ -208,6 +233,11 @@ class FaceExplainer:
                  device: torch.device):
         self.members, self.aus, self.mean, self.std = members, aus, mean, std
         self.threshold, self.folder, self.device = threshold, Path(folder), device
+        if not has_image(members[0]):
+            import logging
+
+            logging.getLogger(utils.LOGGER_NAME).warning(
+                "--explain: a --model landmarks run sees no image, so there is no map to draw")
         self.methods: list[Method | None] = []  # chosen at the first batch, from the crops' size
         self.written: list[Path] = []
         self.folder.mkdir(parents=True, exist_ok=True)
