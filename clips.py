@@ -76,8 +76,10 @@ class FaceBatch:
     """Faces waiting for the model, from any clips: about `batch_size` crops at most (a frame's
     faces go in together), predicted together; then each clip gets its faces' results."""
 
-    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], batch_size: int, keep_landmarks: bool):
+    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], batch_size: int, keep_landmarks: bool,
+                 explain: Callable | None = None):
         self.predict, self.batch_size, self.keep_landmarks = predict, batch_size, keep_landmarks
+        self.explain = explain  # predict.py --explain: (crops, landmarks, probs, (file, is_video, frame, face) per crop)
         self.crops: list[np.ndarray] = []
         self.waiting: list[tuple] = []  # (clip, frame, time, number, box, landmarks) of each crop
 
@@ -99,6 +101,8 @@ class FaceBatch:
         crops = np.stack(self.crops)
         points = np.stack(points).astype(np.float32)
         probs = self.predict(crops, points)
+        if self.explain is not None:
+            self.explain(crops, points, probs, [(c.path, c.is_video, f, n) for c, f, n in zip(clip_of, frame, number)])
         start = 0
         while start < len(clip_of):  # a clip's faces are neighbours in the batch
             clip = clip_of[start]

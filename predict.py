@@ -40,6 +40,7 @@ import clips
 import drawing
 import engine
 import faces
+import saliency
 import utils
 import video
 from ensemble import Ensemble, open_ensemble
@@ -80,6 +81,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--draw", metavar="DIR", default=None,
                    help="also write each image with its face boxes, landmarks and the AUs that are on; for each "
                         "video, that as an MP4 and a PNG of each AU's probability over time")
+    p.add_argument("--explain", metavar="DIR", default=None,
+                   help="also write, for each face, an overlay per AU that is on: the face crop, the AU's saliency map "
+                        "(explain.py's method, mean over the models), its name and probability")
     p.add_argument("--threshold", type=float, metavar="P", default=None,
                    help="an AU is on when its probability is above P (default: the run's --threshold)")
     p.add_argument("--tta", choices=engine.TTA_MODES, default=None,
@@ -306,7 +310,12 @@ def main(args: argparse.Namespace) -> dict:
         log.warning("--every and --smooth apply to videos, and none was given: each photo is predicted as it is")
     ensemble.load(device, args.batch_size)
 
-    batch = clips.FaceBatch(ensemble, args.batch_size, keep_landmarks=args.draw is not None)
+    explainer = None
+    if args.explain is not None:
+        with write_errors(Path(args.explain)):
+            explainer = saliency.FaceExplainer(ensemble.members, ensemble.aus, *ensemble.mean_std, ensemble.threshold,
+                                               Path(args.explain), device)
+    batch = clips.FaceBatch(ensemble, args.batch_size, keep_landmarks=args.draw is not None, explain=explainer)
     with Output(args, ensemble, inputs) as output:
         for path in progress(inputs, args.quiet):
             finder = video_finder if video.is_video(path) else photo_finder
@@ -321,6 +330,8 @@ def main(args: argparse.Namespace) -> dict:
                "drawings": args.draw, "problems": dict(tally.problems.most_common()),
                "video_problems": dict(tally.video_problems.most_common()),
                "frame_problems": dict(tally.frame_problems.most_common())}
+    if explainer is not None:
+        summary.update(explain=args.explain, explained=len(explainer.written))
     print(format_summary(summary))
     return summary
 
@@ -343,6 +354,8 @@ def format_summary(summary: dict) -> str:
     lines.append(f"predictions: {summary['csv']}")
     if summary["drawings"]:
         lines.append(f"drawings: {summary['drawings']}")
+    if summary.get("explained") is not None:
+        lines.append(f"saliency overlays: {summary['explained']} in {summary['explain']}")
     return "\n".join(lines)
 
 

@@ -124,6 +124,18 @@ def crop_face(
     return np.asarray(face, dtype=np.uint8)
 
 
+def crop_points(landmarks: np.ndarray, frame_size: tuple[int, int], size: int, mode: str = "square",
+                margin: float = DEFAULT_MARGIN, fill: str = "image") -> np.ndarray:
+    """The landmarks (68, 2, frame pixels) where `crop_face` puts them in its `size` x `size` crop:
+    the same box (moved inside the frame with fill="image"), and the resize's pixel-centre mapping."""
+    box = crop_box(landmarks, frame_size, mode, margin)
+    if fill != "black":
+        box = inside_frame(box, frame_size)
+    left, top, right, bottom = box
+    scale = np.array([size / (right - left), size / (bottom - top)])
+    return (np.asarray(landmarks, dtype=np.float64) - (left, top) + 0.5) * scale - 0.5
+
+
 def resolve_norm(norm: str, weights_mean: Seq[float], weights_std: Seq[float]) -> tuple[tuple, tuple]:
     """Mean and std for `--norm`: the backbone weights' own, or the original's 0.5/0.5."""
     if norm == "weights":
