@@ -214,9 +214,9 @@ def epoch_breakdown(args: argparse.Namespace, work: Path) -> dict:
     images = sum(len(idx) for idx in batches)
     result = {"images": images, "test_sequences": len(test_idx), "kfold": run_args.kfold,
               "image_size": args.image_size, "batch_size": args.batch_size, "layout": "channels_last" if inputs.channels_last
-              else "contiguous", "load_s": round(load_s, 2), "batches_s": round(batch_s, 2), "steps_s": round(step_s, 2),
-              "epoch_s": round(epoch_s, 2), "loop_rest_s": round(epoch_s - batch_s - step_s, 2),
-              "checkpoint_s": round(checkpoint_s, 3), "eval_tta_s": round(eval_s, 2),
+              else "contiguous", "load_s": round(load_s, 3), "batches_s": round(batch_s, 4), "steps_s": round(step_s, 4),
+              "epoch_s": round(epoch_s, 4), "loop_rest_s": round(epoch_s - batch_s - step_s, 4),
+              "checkpoint_s": round(checkpoint_s, 4), "eval_tta_s": round(eval_s, 4),
               "step_img_s": round(images / step_s, 1), "epoch_img_s": round(images / epoch_s, 1)}
     log(f"epoch of {images} images ({result['layout']}): {epoch_s:.1f}s = batches {batch_s:.1f}s + steps {step_s:.1f}s "
         f"+ rest {result['loop_rest_s']:.1f}s; checkpoint {checkpoint_s:.2f}s; scoring {len(test_idx)} faces with "
