@@ -270,7 +270,7 @@ def make_optimizer(model: models.AUNet, args) -> torch.optim.SGD:
     groups = [{"params": backbone, "lr": args.lr * args.backbone_lr, "name": "backbone"}] if backbone else []
     groups.append({"params": head, "lr": args.lr, "name": "head"})
     # fused: one kernel for every parameter's update on a CPU, instead of four ops per tensor
-    # (mobilenet_v2: 9 ms a step against 24 ms; the same weights to 1e-8, benchmarks/cpu_layout.py)
+    # (mobilenet_v2: 9 ms a step against 24 ms, the same weights to 1e-8: docs/performance.md)
     on_cpu = all(p.device.type == "cpu" for group in groups for p in group["params"])
     return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, weight_decay=args.wd, fused=on_cpu or None)
 
