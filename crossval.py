@@ -133,7 +133,7 @@ def evaluate_checkpoints(args: argparse.Namespace, fold_dirs: list[Path], checkp
             raise UserError(f"checkpoint {ckpt_path} was tested on {missing[0]}, which is not in the data given: "
                             f"point at the same CK+ copy")
         test_idx = torch.tensor([index[s] for s in ckpt["test_ids"]], dtype=torch.long)
-        model = checkpoints.build_trained_model(ckpt, ckpt_path).to(device)
+        model = engine.place(checkpoints.build_trained_model(ckpt, ckpt_path), device, inputs.channels_last)
         probs = engine.evaluate(model, inputs, test_idx, device, args.batch_size, args.amp, args.tta)
         part = test_predictions(data, test_idx.numpy(), ckpt["fold"], probs)
         eval_dir = out_dir / fold_dir.name

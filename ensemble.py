@@ -53,9 +53,14 @@ class Ensemble:
         crops come a batch at a time and reloading each model per batch would cost more than
         predicting. Raises UserError for a checkpoint that is not this run's."""
         self.device, self.batch_size = device, batch_size
-        self.members = [load_member(self, path).to(device) for path in self.checkpoints]
+        self.members = [engine.place(load_member(self, path), device, self.channels_last) for path in self.checkpoints]
         log.info("predicting with %d model%s (%s)", len(self.members), "" if len(self.members) == 1 else "s",
                  self.description)
+
+    @property
+    def channels_last(self) -> bool:
+        """The layout main.py trains and scores this model in on the device (models.channels_last)."""
+        return models.channels_last(self.arch, self.device)
 
     def __call__(self, crops: np.ndarray, landmarks: np.ndarray | None = None) -> np.ndarray:
         """The mean probability (N, A) of the models for uint8 crops (N, S, S); `landmarks`: each
@@ -64,7 +69,8 @@ class Ensemble:
         mean, std = self.mean_std
         total = np.zeros((len(crops), len(self.aus)), dtype=np.float64)
         for model in self.members:
-            total += predict_crops(model, images, mean, std, self.device, self.batch_size, self.tta, landmarks)
+            total += predict_crops(model, images, mean, std, self.device, self.batch_size, self.tta, landmarks,
+                                   channels_last=self.channels_last)
         return total / len(self.members)
 
 
@@ -177,11 +183,12 @@ def load_member(ensemble: Ensemble, path: Path) -> models.AUNet:
 
 @torch.no_grad()
 def predict_crops(model: models.AUNet, crops: torch.Tensor, mean, std, device: torch.device,
-                  batch_size: int, tta: str = "none", landmarks: np.ndarray | None = None) -> np.ndarray:
+                  batch_size: int, tta: str = "none", landmarks: np.ndarray | None = None,
+                  channels_last: bool = False) -> np.ndarray:
     """Sigmoid probabilities (N, A) of uint8 crops (N, 1, S, S), normalised as in training, and
     evaluated as main.py evaluates (engine.evaluate), mirror images included with tta="flip".
     `landmarks` (N, 68, 2, image pixels) become the normalised shape a --geometry model reads."""
     shape = None if landmarks is None else torch.from_numpy(geometry.normalise(landmarks))
     inputs = engine.Inputs(labels=torch.zeros(len(crops), model.num_aus), images=crops, mean=mean, std=std,
-                           geometry=shape)
+                           geometry=shape, channels_last=channels_last)
     return engine.evaluate(model, inputs, torch.arange(len(crops)), device, batch_size, tta=tta)

@@ -73,6 +73,26 @@ _FALLBACK_SIZE = 224
 _IMAGENET_CLASSES = 1000
 
 
+# The memory layout each backbone trains fastest in on a CPU. channels_last (NHWC) lets oneDNN run its
+# convolutions without reordering every activation; on a GPU main.py always uses it (docs/performance.md).
+# Value: images/s of a training step in channels_last over contiguous (torchvision's architecture names;
+# batch 16, 160 px), measured by `python benchmarks/cpu_layout.py` on a shared 2-core x86 CPU, except vgg16
+# and resnet50 (the team's 2-core CPU, issue 24); docs/performance.md has the table. A backbone is trained,
+# scored and predicted in channels_last on a CPU where the ratio is at least 1; a model not in the table
+# stays contiguous (not measured: no promise either way).
+CPU_CHANNELS_LAST = {
+    "mobilenet_v2": 1.62,  # the recommended backbone (1.25 at a lighter load; the team's CPU: 1.63)
+    "efficientnet_b0": 1.61,  # (the team's: 1.26)
+    "resnet18": 1.05,  # (1.08 at a lighter load; the team's: 1.08)
+    "squeezenet1_1": 1.21,
+    "shufflenet_v2_x1_0": 1.22,
+    "alexnet": 1.09,  # (the team's: 1.07)
+    "vgg16": 1.13,  # the team's
+    "resnet50": 1.16,  # the team's
+    "mobilenet_v3_large": 0.64,  # slower: evaluation too (0.47); stays contiguous
+}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """What the data pipeline needs to know about a backbone."""
@@ -419,3 +439,14 @@ def check_input_size(name: str, image_size: int, freeze_backbone: bool) -> None:
     except RuntimeError as e:
         raise UserError(f"--image-size {image_size} is too small for {name} "
                         f"({utils.first_line(e)}): use a larger --image-size, e.g. 224") from None
+
+
+def channels_last(name: str, device: torch.device) -> bool:
+    """Whether `name` runs in channels_last on `device`: always on CUDA, on a CPU where
+    CPU_CHANNELS_LAST measured it no slower (--model landmarks has no image to lay out)."""
+    arch = resolve_arch(name)
+    if arch == LANDMARKS:
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and CPU_CHANNELS_LAST.get(arch, 0.0) >= 1.0

@@ -88,3 +88,26 @@ def test_gpu_benchmark_times_every_mode_or_says_it_needs_cuda(tmp_path, monkeypa
                                          "amp + channels_last + cudnn.benchmark"]
     assert all(r["train_img_s"] > 0 and r["eval_img_s"] > 0 for r in rows)
     assert "| res18 | 224 | amp + channels_last |" in capsys.readouterr().out
+
+
+def test_cpu_layout_benchmark_times_both_layouts_and_an_epoch(tmp_path):
+    """benchmarks/cpu_layout.py at a tiny scale: a row per backbone with both layouts' speeds and the
+    layout main.py picks, and one epoch of the recipe split into its parts."""
+    out = tmp_path / "layout.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cpu_layout.py"), "--models", "mobilenet_v2",
+                           "--image-size", "32", "-b", "4", "--batches", "1", "--repeats", "1", "--subjects", "3",
+                           "--workdir", str(tmp_path / "work"), "--json", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    (row,) = report["layout"]
+    for key in ("train_contiguous_img_s", "train_channels_last_img_s", "eval_contiguous_img_s",
+                "eval_channels_last_img_s", "train_ratio"):
+        assert math.isfinite(row[key]) and row[key] > 0, key
+    assert row["main_py_layout"] == "channels_last"
+    assert "| mobilenet_v2 | 32 |" in proc.stdout
+    epoch = report["epoch"]
+    assert epoch["layout"] == "channels_last" and epoch["images"] > 0
+    for key in ("epoch_s", "batches_s", "steps_s", "checkpoint_s", "eval_tta_s"):
+        assert epoch[key] > 0, key
+    assert "train_one_epoch" in proc.stdout and "scoring, --tta flip" in proc.stdout
