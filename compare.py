@@ -17,8 +17,8 @@ AUs, threshold, number of sequences) are still shown, with a warning per differe
 are then not comparable. The table is printed and written to --out as compare.md (the best value
 per column in bold), compare.csv (full precision) and compare.png (grouped bars).
 
-Reads top to bottom: arguments, naming the rows (by the run settings of settings.py), the protocol
-checks, the table and its files, and the command-line entry point at the end; finished_runs.py
+Reads top to bottom: arguments, naming the rows (by the run settings of training/settings.py), the protocol
+checks, the table and its files, and the command-line entry point at the end; scoring/finished_runs.py
 reads the run folders.
 """
 from __future__ import annotations
@@ -33,11 +33,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-import intervals
-import metrics
-import settings
+from scoring import intervals, metrics
+from scoring.finished_runs import Run, read_run, read_runs
+from training import settings
 import utils
-from finished_runs import Run, read_run, read_runs
 from utils import UserError
 
 log = logging.getLogger(utils.LOGGER_NAME)

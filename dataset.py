@@ -1,5 +1,5 @@
 """Reading a CK+ copy: index its sequences, choose AUs, encode labels, hold the face crops
-(which crop_cache.py decodes and caches).
+(which ckplus/crop_cache.py decodes and caches).
 
 Files are paired by the subject, sequence and frame numbers in their names, never by
 their position in a directory listing (the original's defect: listing order is
@@ -12,7 +12,6 @@ import math
 import os
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence as Seq
 
@@ -20,11 +19,11 @@ import numpy as np
 import torch
 
 import ckplus
-import crop_cache
-import geometry
+from ckplus import DataError
+from ckplus import Frame, Sequence  # the CK+ records, kept with the layout; dataset.Sequence still names them
+from ckplus import crop_cache, geometry
 import preprocess
 import utils
-from ckplus import DataError
 from utils import UserError
 
 log = logging.getLogger(utils.LOGGER_NAME)
@@ -33,40 +32,6 @@ DEFAULT_AUS = (1, 2, 4, 5, 6, 7, 12, 15, 17, 25)
 NUM_LANDMARKS = 68
 MAX_AU = 99  # FACS codes stop below 100; anything else in a label file is garbage
 MAX_INTENSITY = 5
-
-
-@dataclass
-class Frame:
-    """A frame of a sequence before its peak, with its own landmarks (for --frames N)."""
-
-    subject: str
-    sequence: str
-    frame: int
-    image_path: Path
-    landmarks: np.ndarray = field(repr=False)
-
-    @property
-    def id(self) -> str:
-        return f"{self.subject}_{self.sequence}_{self.frame:08d}"  # the frame's file stem
-
-
-@dataclass
-class Sequence:
-    """One CK+ sequence: its FACS-coded peak frame, and (index_ckplus(frames=N)) the N-1 frames
-    just before it, which carry the peak's labels in training."""
-
-    subject: str
-    sequence: str
-    frame: int
-    image_path: Path
-    landmarks: np.ndarray = field(repr=False)
-    aus: dict[int, float]
-    emotion: int | None = None
-    earlier: list[Frame] = field(default_factory=list, repr=False)
-
-    @property
-    def id(self) -> str:
-        return f"{self.subject}_{self.sequence}"
 
 
 # ----------------------------------------------------------------------------- scanning
@@ -374,7 +339,7 @@ def ensure_demo_tree(cache_dir: str | os.PathLike | None = None) -> Path:
     renamed when complete, so an interrupted generation is never mistaken for a tree)."""
     import shutil
 
-    import synthetic
+    from ckplus import synthetic
 
     root = demo_root(cache_dir)
     if not ckplus.folders(root)["frame"].is_dir():

@@ -1,5 +1,5 @@
 """Where a finished run's models look: per-AU saliency maps on each fold's own test faces, in the
-face's own frame, and the lift of each AU's FACS region (saliency_report.py does the work).
+face's own frame, and the lift of each AU's FACS region (explaining/saliency_report.py does the work).
 
     python explain.py runs/demo                       # every AU, every fold -> runs/demo/explain/
     python explain.py runs/mnv2 --aus 6,12 --fold 3 --out au12-fold3
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import saliency_report
+from explaining import saliency_report
 import utils
 
 

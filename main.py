@@ -5,8 +5,8 @@
     python main.py --demo                                              # synthetic CK+, a few minutes on a CPU
 
 Only the command line: the arguments, then `train` and `evaluate_run`, which call the library
-(engine.py trains a fold, crossval.py every fold of a run, runs.py keeps the run folder,
-checkpoints.py its checkpoints, settings.py declares the run settings, metrics.py scores).
+(training/engine.py trains a fold, training/crossval.py every fold of a run, training/runs.py keeps the run folder,
+training/checkpoints.py its checkpoints, training/settings.py declares the run settings, scoring/metrics.py scores).
 """
 from __future__ import annotations
 
@@ -19,19 +19,13 @@ import shlex
 import sys
 from pathlib import Path
 
-import checkpoints
 import ckplus
-import crop_cache
-import crossval
+from ckplus import crop_cache
 import dataset
-import engine
-import metrics
 import models
 import preprocess
-import runs
-import seeds
-import settings
-import start_weights
+from scoring import metrics
+from training import checkpoints, crossval, engine, runs, seeds, settings, start_weights
 import utils
 from utils import UserError
 

@@ -38,7 +38,7 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model, get_model_weights, list_models
 
-import geometry
+from ckplus import geometry
 import utils
 from utils import UserError
 

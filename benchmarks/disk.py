@@ -24,8 +24,8 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-import checkpoints  # noqa: E402
 import models  # noqa: E402
+from training import checkpoints  # noqa: E402
 import utils  # noqa: E402
 
 

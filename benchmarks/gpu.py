@@ -34,9 +34,9 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import ckplus  # noqa: E402
-import engine  # noqa: E402
+from ckplus import synthetic  # noqa: E402
 import models  # noqa: E402
-import synthetic  # noqa: E402
+from training import engine  # noqa: E402
 import utils  # noqa: E402
 
 MODELS = ("alexnet", "vgg16", "vgg16_bn", "vgg19", "res18", "res50", "res101", "inception")

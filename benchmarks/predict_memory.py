@@ -30,8 +30,8 @@ if str(REPO) not in sys.path:
 from PIL import Image  # noqa: E402
 
 import ckplus  # noqa: E402
+from ckplus import synthetic  # noqa: E402
 import dataset  # noqa: E402
-import synthetic  # noqa: E402
 import utils  # noqa: E402
 
 # Runs predict.py in a child of this small process and reports the child's peak RSS: each size

@@ -62,11 +62,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import ckplus  # noqa: E402
+from ckplus import synthetic  # noqa: E402
 import dataset  # noqa: E402
-import engine  # noqa: E402
-import intervals  # noqa: E402
-import metrics  # noqa: E402
-import synthetic  # noqa: E402
+from scoring import intervals, metrics  # noqa: E402
+from training import engine  # noqa: E402
 import utils  # noqa: E402
 
 MODEL = "mobilenet_v2"
@@ -227,7 +226,7 @@ def _whole_frame(path: Path, size: int):
 
 def bare_loop(dirs: list[str], args: argparse.Namespace, frames: int, tta: str) -> dict:
     """The anchor: a minimal fine-tuning loop on the same sequences and folds as main.py's rows,
-    with none of main.py's data pipeline -> the row's figures (pooled out-of-fold, metrics.py)."""
+    with none of main.py's data pipeline -> the row's figures (pooled out-of-fold, scoring/metrics.py)."""
     import numpy as np
     import torch
     import torchvision
@@ -321,7 +320,7 @@ def shape_lr(dirs: list[str], args: argparse.Namespace) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    import geometry
+    from ckplus import geometry
 
     t0 = time.perf_counter()
     records = dataset.index_ckplus(*dirs)

@@ -28,11 +28,11 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: the project's modules sit one folder up
 
-import ckplus  # noqa: E402
+import ckplus
+from ckplus import synthetic
 import dataset  # noqa: E402
-import metrics  # noqa: E402
 import preprocess  # noqa: E402
-import synthetic  # noqa: E402
+from scoring import metrics
 import utils  # noqa: E402
 
 OUT_DIR = Path(__file__).resolve().parent

@@ -68,7 +68,7 @@ def shape_tree(root: Path, subjects: int = 40, sequences: int = 4, seed: int = 0
     blank image (a shape model decodes none), and landmarks drawn as synthetic.py draws them: a
     subject's neutral face moved by its coded AUs (each of the ten on with chance 0.3), placed at
     a random size and roll, with `noise` pixels of tracker noise."""
-    import synthetic
+    from ckplus import synthetic
 
     rng = np.random.default_rng(seed)
     tree = Tree(root)

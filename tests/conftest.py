@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import ckplus
-import synthetic
+from ckplus import synthetic
 
 REPO = Path(__file__).resolve().parent.parent
 

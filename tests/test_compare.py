@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import compare
-import metrics
+from scoring import metrics
 import utils
 
 # 8 sequences x 4 AUs (1, 2, 4, 12): the labels every fake run is scored on

@@ -8,10 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
-import engine
-import ensemble
+from faces import ensemble
 import models
-import settings
+from training import engine, settings
 
 CPU = torch.device("cpu")
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import crop_cache
-import dataset
+from ckplus import crop_cache
 from ckplus_tree import Tree, face_landmarks, fields
+import dataset
 import utils
 from utils import UserError
 

@@ -13,16 +13,14 @@ from PIL import Image
 from torch import nn
 
 import ckplus
+from ckplus import geometry, synthetic
+from conftest import FAST
 import explain
-import face_regions
-import faces
-import geometry
+from explaining import face_regions, saliency
+from faces import detect
 import main
 import models
 import predict
-import saliency
-import synthetic
-from conftest import FAST
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -235,7 +233,7 @@ def test_predict_explain_writes_an_overlay_per_au_that_is_on_for_photos_and_vide
     photos = peak_frames(ck)[:2]
     video = write_video(tmp_path / "clip.mkv", [Image.open(p) for p in photos])
     out = tmp_path / "overlays"
-    monkeypatch.setattr(faces, "face_finder", lambda args, **kw: LandmarksByPixels(ck, photos))
+    monkeypatch.setattr(detect, "face_finder", lambda args, **kw: LandmarksByPixels(ck, photos))
     assert predict.cli([str(fast_run), str(photos[0]), str(video), "--landmarks", str(ck.landmarks),
                         "--explain", str(out), "--threshold", "0.01", "--out", str(tmp_path / "p.csv"),
                         "--quiet"]) == 0

@@ -17,7 +17,7 @@ import pytest
 import torchvision
 
 import main
-import metrics
+from scoring import metrics
 EPOCHS, KFOLD, BATCH = 3, 3, 8  # three epochs, so passes per epoch cannot pass for a single one
 FEATURE_BATCH = 64  # compute_features' batch: max(--batch-size, 64)
 # The original's frozen backbone, small inputs: random AlexNet features train a head in seconds.

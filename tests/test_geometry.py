@@ -10,21 +10,18 @@ import pytest
 import torch
 from PIL import Image
 
+from ckplus import geometry, synthetic
 import compare
+from conftest import FAST
 import dataset
-import engine
-import faces
-import geometry
+from faces import detect
 import main
-import metrics
 import models
 import predict
 import preprocess
-import checkpoints
-import settings
-import synthetic
+from scoring import metrics
+from training import checkpoints, engine, settings
 from utils import UserError
-from conftest import FAST
 
 # ----------------------------------------------------------------------------- the normalisation
 
@@ -169,7 +166,7 @@ def test_predict_feeds_the_landmarks_to_a_geometry_model(geometry_run, fast_run,
     peak = max(p for p in (ck.images / "S005").rglob("*.png") if not p.name.startswith("._"))
     landmarks = tmp_path / "landmarks"
     landmarks.mkdir()
-    name = peak.stem + faces.LANDMARK_SUFFIX
+    name = peak.stem + detect.LANDMARK_SUFFIX
     shutil.copy(next(ck.landmarks.rglob(name)), landmarks / name)
 
     def probs(run_dir, tag):

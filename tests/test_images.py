@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import metrics
+from scoring import metrics
 
 REPO = Path(__file__).resolve().parent.parent
 

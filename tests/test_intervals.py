@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-import intervals
-import metrics
 from conftest import REPO
+from scoring import intervals, metrics
 
 AUS = [1, 2, 4, 9]
 

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-import dataset
-import engine
-import main
-import metrics
-import checkpoints
-import utils
 from conftest import FAST, run_cli
+import dataset
+import main
+from scoring import metrics
+from training import checkpoints, engine
+import utils
 
 FOLD_FILES = ("checkpoint.pth", "metrics.csv", "predictions.csv")
 

@@ -1,4 +1,4 @@
-"""metrics.py: metrics against hand-counted examples, tables, predictions and results files, plots."""
+"""scoring/metrics.py: metrics against hand-counted examples, tables, predictions and results files, plots."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import metrics
+from scoring import metrics
 from utils import UserError
 
 

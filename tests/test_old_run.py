@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from faces import detect
 import main
 import predict
-import faces as detect  # moves to faces/detect.py with issue 25
 
 OLD_RUN = Path(__file__).resolve().parent / "data" / "run_before_packages"
 

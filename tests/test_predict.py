@@ -14,14 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import FAST, close, REPO
 import dataset
-import ensemble
-import faces
+from faces import detect, ensemble
 import main
 import predict
+from scoring import metrics
 import utils
-import metrics
-from conftest import FAST, close, REPO
 
 # ----------------------------------------------------------------------------- helpers and fixtures
 
@@ -257,7 +256,7 @@ def test_bad_and_faceless_images_get_a_row_and_the_run_goes_on(final_run, ck, tm
     assert "3 images, 1 face" in out and "1 unreadable image" in out
 
     # a face finder that finds nothing (as dlib on a photo without a face) gives a "no face" row
-    monkeypatch.setattr(faces, "face_finder", lambda args: (lambda path, gray: []))
+    monkeypatch.setattr(detect, "face_finder", lambda args: (lambda path, gray: []))
     rc, out, _ = call(capsys, final_run.dir, good, "--out", tmp_path / "q.csv")
     [row] = read_rows(tmp_path / "q.csv")
     assert rc == 0 and row["status"] == "no face" and row["face"] == "" and "1 no face" in out
@@ -360,7 +359,7 @@ def astronaut(tmp_path_factory) -> Path:
 def detector():
     args = predict.get_args_parser().parse_args(["run", "image"])
     try:
-        return faces.face_finder(args)
+        return detect.face_finder(args)
     except utils.UserError as e:
         pytest.skip(f"dlib's shape predictor is not at hand ({e})")
 
@@ -394,9 +393,9 @@ def test_cli_detects_faces_end_to_end(astronaut, final_run, tmp_path, capsys):
 
 
 def test_a_missing_shape_predictor_is_a_user_error(astronaut, final_run, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv(faces.SHAPE_PREDICTOR_ENV, str(tmp_path / "missing.dat"))
+    monkeypatch.setenv(detect.SHAPE_PREDICTOR_ENV, str(tmp_path / "missing.dat"))
     line = expect_user_error(capsys, final_run.dir, astronaut)
-    assert faces.SHAPE_PREDICTOR_ENV in line and str(tmp_path / "missing.dat") in line
+    assert detect.SHAPE_PREDICTOR_ENV in line and str(tmp_path / "missing.dat") in line
 
 
 # ----------------------------------------------------------------------------- videos
@@ -443,7 +442,7 @@ class LandmarksByPixels:
         points = self.known.get(np.ascontiguousarray(gray).tobytes())
         if points is None:
             return []
-        return [faces.Face((*map(float, points.min(0)), *map(float, points.max(0))), points)]
+        return [detect.Face((*map(float, points.min(0)), *map(float, points.max(0))), points)]
 
 
 @pytest.fixture(scope="module")
@@ -461,7 +460,7 @@ def clip(ck, tmp_path_factory) -> SimpleNamespace:
 
 @pytest.fixture
 def pixels_finder(ck, clip, monkeypatch):
-    monkeypatch.setattr(faces, "face_finder", lambda args: LandmarksByPixels(ck, clip.photos))
+    monkeypatch.setattr(detect, "face_finder", lambda args: LandmarksByPixels(ck, clip.photos))
 
 
 def test_a_video_gives_a_row_per_frame_with_its_number_and_time(final_run, clip, ck, pixels_finder, tmp_path,
@@ -622,7 +621,7 @@ def test_videos_need_dlib_even_with_landmark_files(final_run, clip, ck, tmp_path
 def test_without_pyav_a_video_gets_a_row_saying_what_to_install(final_run, ck, tmp_path, capsys, monkeypatch):
     (tmp_path / "clip.mp4").write_bytes(b"not decoded")
     monkeypatch.setitem(sys.modules, "av", None)
-    monkeypatch.setattr(faces, "face_finder", lambda args: (lambda path, gray: []))
+    monkeypatch.setattr(detect, "face_finder", lambda args: (lambda path, gray: []))
     rc, out, _ = call(capsys, final_run.dir, tmp_path, "--out", tmp_path / "p.csv")  # found in a folder too
     [row] = read_rows(tmp_path / "p.csv")
     assert rc == 0 and row["status"] == f"unreadable video: {AV_MISSING}"
@@ -642,9 +641,9 @@ def test_video_flags_are_checked(final_run, ck, tmp_path, capsys):
 
 def test_faces_keep_their_numbers_by_overlap():
     def at(*xs):
-        return [faces.Face((x, 0.0, x + 10.0, 10.0), np.zeros((68, 2))) for x in xs]
+        return [detect.Face((x, 0.0, x + 10.0, 10.0), np.zeros((68, 2))) for x in xs]
 
-    numbers = faces.FaceNumbers()
+    numbers = detect.FaceNumbers()
     assert numbers(at(0, 50)) == [0, 1]
     assert numbers(at(100, 52, 2)) == [2, 1, 0]  # any order in, the same faces out; a new face far away
     assert numbers(at(53)) == [1]  # faces 0 and 2 missing in this frame
@@ -701,7 +700,7 @@ def test_dlib_follows_faces_across_frames_as_it_finds_them_in_photos(astronaut, 
 def test_predict_is_a_script_over_modules_of_one_job_each():
     """predict.py (the command line, rows, summary) stands on faces, ensemble, clips, drawing and
     video, each under 500 lines, and no library module imports it back."""
-    for name in ("predict", "faces", "ensemble", "clips", "drawing", "video"):
+    for name in ("predict", "faces/detect", "faces/ensemble", "faces/clips", "faces/drawing", "faces/video"):
         assert len((REPO / f"{name}.py").read_text().splitlines()) < 500, name
     importers = [p.name for p in REPO.glob("*.py")
                  if re.search(r"^\s*(import predict\b|from predict import)", p.read_text(), re.M)]

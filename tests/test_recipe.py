@@ -18,18 +18,16 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-import checkpoints
 import ckplus
-import crop_cache
+from ckplus import crop_cache
+from conftest import FAST, close, MOBILENET_V1_FILE
 import dataset
-import engine
 import main
-import metrics
 import models
 import predict
 import preprocess
-import start_weights
-from conftest import FAST, close, MOBILENET_V1_FILE
+from scoring import metrics
+from training import checkpoints, engine, start_weights
 
 ONE_FOLD = [*FAST, "--epochs", "1", "--fold", "0"]
 # The original's frozen protocol at test size: random AlexNet features, only the head trains.

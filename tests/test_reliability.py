@@ -18,15 +18,13 @@ import pytest
 import torch
 from PIL import Image
 
-import checkpoints
 import ckplus
-import main
-import metrics
-import runs
-import settings
-import synthetic
-import utils
+from ckplus import synthetic
 from conftest import FAST, REPO, run_cli
+import main
+from scoring import metrics
+from training import checkpoints, runs, settings
+import utils
 
 # One epoch, two folds: the smallest complete run (tiny trees have three subjects).
 QUICK = ["--model", "squeezenet1_1", "--no-pretrained", "--epochs", "1", "--kfold", "2", "-b", "4",
@@ -306,7 +304,9 @@ KILL_ARGS = ["--epochs", "3"]
 # or when fold N is about to start (between folds).
 DRIVER = textwrap.dedent("""
     import io, os, signal, sys
-    import engine, main, torch
+    import main
+    from training import engine
+    import torch
     point, n, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     calls = [0]
 
@@ -438,7 +438,11 @@ def test_bad_frame_with_crop_workers_is_one_line_and_skip_bad_skips_it(damage, t
 def library_exceptions() -> set[type]:
     """Exception types of the library modules, whose code runs in crop workers (the scripts'
     own types, like faces.NoFaces, never leave their process)."""
-    import ckplus, dataset, engine, models, preprocess  # noqa: E401
+    import ckplus
+    import dataset
+    import models
+    import preprocess
+    from training import engine
 
     found = set()
     for module in (utils, ckplus, dataset, engine, models, preprocess, runs, metrics):
@@ -452,7 +456,9 @@ def test_every_project_exception_survives_a_process_boundary(tmp_path):
     """Crop workers (and any pool) send exceptions back pickled: each must arrive whole."""
     import pickle
 
-    import dataset, engine, preprocess  # noqa: E401
+    import dataset
+    import preprocess
+    from training import engine
 
     examples = [
         utils.UserError("bad flag: fix it"),

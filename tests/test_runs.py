@@ -1,4 +1,4 @@
-"""checkpoints.py: atomic checkpoints, safe loading, the format version."""
+"""training/checkpoints.py: atomic checkpoints, safe loading, the format version."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-import checkpoints
+from training import checkpoints
 import utils
 from utils import UserError
 
@@ -191,7 +191,7 @@ def test_the_parser_states_every_run_setting_at_the_tables_default():
     """One table: main.py's defaults are settings.SETTINGS', constant ones already in the parser (no
     None filled in later), and each setting is a flag a user can type."""
     import main
-    import settings
+    from training import settings
 
     parser = main.get_args_parser()
     parsed = parser.parse_args([])

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 
 import compare
-import intervals
-import main
-import metrics
-import predict
-import seeds
 from conftest import FAST, close
+import main
+import predict
+from scoring import intervals, metrics
+from training import seeds
 from utils import UserError
 
 

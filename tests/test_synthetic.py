@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import ckplus
-import synthetic
+from ckplus import synthetic
 from utils import UserError
 
 RECORD_LINE = re.compile(r"^(   -?\d\.\d{7}e[+-]\d{2})+$")

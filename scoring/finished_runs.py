@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import metrics
-import seeds_folder
+from scoring import metrics, seeds_folder
 import utils
 from utils import UserError
 

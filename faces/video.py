@@ -14,7 +14,7 @@ from typing import BinaryIO, Iterator
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-import crop_cache
+from ckplus import crop_cache
 import utils
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",

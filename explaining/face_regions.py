@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import geometry
+from ckplus import geometry
 
 EYE_A, EYE_B = geometry.EYE_A, geometry.EYE_B
 BROWS = tuple(range(17, 27))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 # --model's name for the model that is these numbers alone, with no image (models.LANDMARKS; named here,
-# where the light modules that name run settings, settings.py and compare.py, can read it)
+# where the light modules that name run settings, training/settings.py and compare.py, can read it)
 SHAPE_MODEL = "landmarks"
 NUM_POINTS = 68
 FEATURES = 2 * NUM_POINTS

@@ -28,12 +28,10 @@ from typing import Callable
 
 import numpy as np
 
-import intervals
-import metrics
-import runs
-import settings
+from scoring import intervals, metrics
+from scoring.seeds_folder import SEEDS_FILE, is_seeds_run, read_seeds_file, seed_dirs, write_seeds_file
+from training import runs, settings
 import utils
-from seeds_folder import SEEDS_FILE, is_seeds_run, read_seeds_file, seed_dirs, write_seeds_file
 from utils import UserError
 
 log = logging.getLogger(utils.LOGGER_NAME)

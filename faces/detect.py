@@ -17,9 +17,9 @@ from PIL import Image
 
 import ckplus
 import dataset
+from faces import video
 import preprocess
 import utils
-import video
 from utils import UserError
 
 LANDMARK_SUFFIX = "_landmarks.txt"

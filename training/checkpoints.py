@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 
 import models
-import settings
+from training import settings
 import utils
 from utils import UserError
 

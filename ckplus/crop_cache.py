@@ -15,18 +15,16 @@ import os
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence as Seq
+from typing import Sequence as Seq
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ckplus import DataError, Frame, Sequence
 import preprocess
 import utils
-from ckplus import DataError
 from utils import UserError
 
-if TYPE_CHECKING:  # for the type hints only: dataset.py imports this module
-    from dataset import Frame, Sequence
 
 log = logging.getLogger(utils.LOGGER_NAME)
 

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from utils import UserError
+
+if TYPE_CHECKING:  # for the type hints only: importing the layout costs no numpy
+    import numpy as np
 
 
 
@@ -83,3 +87,39 @@ def walk_files(root: str | os.PathLike) -> Iterator[Path]:
         for name in filenames:
             if not is_junk(name):
                 yield Path(dirpath) / name
+
+
+# ----------------------------------------------------------------------------- the records
+
+@dataclass
+class Frame:
+    """A frame of a sequence before its peak, with its own landmarks (for --frames N)."""
+
+    subject: str
+    sequence: str
+    frame: int
+    image_path: Path
+    landmarks: np.ndarray = field(repr=False)
+
+    @property
+    def id(self) -> str:
+        return f"{self.subject}_{self.sequence}_{self.frame:08d}"  # the frame's file stem
+
+
+@dataclass
+class Sequence:
+    """One CK+ sequence: its FACS-coded peak frame, and (index_ckplus(frames=N)) the N-1 frames
+    just before it, which carry the peak's labels in training."""
+
+    subject: str
+    sequence: str
+    frame: int
+    image_path: Path
+    landmarks: np.ndarray = field(repr=False)
+    aus: dict[int, float]
+    emotion: int | None = None
+    earlier: list[Frame] = field(default_factory=list, repr=False)
+
+    @property
+    def id(self) -> str:
+        return f"{self.subject}_{self.sequence}"

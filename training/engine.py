@@ -2,7 +2,7 @@
 
 Reads top to bottom: the device, the data and the folds, what a batch is made of (`Inputs`),
 the loss, `train_one_epoch`, `evaluate`, and `train_fold`, which trains one fold from fresh
-weights (or its checkpoint) and returns the fold's test probabilities (crossval.py runs every
+weights (or its checkpoint) and returns the fold's test probabilities (training/crossval.py runs every
 fold of a run). Everything a function needs is passed to it; nothing here reads global state.
 """
 from __future__ import annotations
@@ -20,13 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-import checkpoints
+from ckplus import geometry
 import dataset
-import geometry
 import models
 import preprocess
-import runs
-import start_weights
+from training import checkpoints, runs, start_weights
 import utils
 from utils import UserError
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ckplus import geometry
 import dataset
-import geometry
-import intervals
 import preprocess
+from scoring import intervals
 from utils import UserError
 
 

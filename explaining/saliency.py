@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
 
@@ -245,7 +244,7 @@ class FaceExplainer:
     def __call__(self, crops: np.ndarray, landmarks: np.ndarray, probs: np.ndarray, where: list[tuple]) -> None:
         """`crops` (N, S, S) uint8, their landmarks (N, 68, 2) in image pixels, the probabilities
         (N, A), and per face (file, is_video, frame, face number)."""
-        import geometry
+        from ckplus import geometry
         import preprocess
 
         on = probs > self.threshold

@@ -11,12 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-import clips
-import faces
-import metrics
+from faces import clips, detect, video
+from faces.ensemble import Ensemble
+from scoring import metrics
 import utils
-import video
-from ensemble import Ensemble
 
 
 def drawing_path(folder: Path, image_path: Path, taken: set[Path], ending: str = ".png") -> Path:
@@ -39,7 +37,7 @@ def label_font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)  # cached: a video draws the same sizes on every frame
 
 
-def annotate(canvas: Image.Image, found: list[faces.Face], labels: list[str], note: str | None = None) -> None:
+def annotate(canvas: Image.Image, found: list[detect.Face], labels: list[str], note: str | None = None) -> None:
     """Draw each face's box, its 68 landmarks and its label (the AUs that are on) onto `canvas`,
     and `note` (why there is no face) in the corner; lines, dots and text are sized to each face,
     so small faces in big photos stay readable."""
@@ -79,7 +77,7 @@ def annotated_frames(clip: clips.Clip, ensemble: Ensemble, every: int, quiet: bo
                 if index > last:
                     break  # the first decoding stopped before this frame
                 low, high = np.searchsorted(clip.frame, [index, index + 1])
-                found = [faces.Face(tuple(clip.boxes[i]), clip.landmarks[i]) for i in range(low, high)]
+                found = [detect.Face(tuple(clip.boxes[i]), clip.landmarks[i]) for i in range(low, high)]
                 labels = [f"{clip.face[i]}: " * clip.is_video + au_label(probs[i], ensemble) for i in range(low, high)]
                 canvas = image.convert("RGB")
                 annotate(canvas, found, labels, empty.get(index))

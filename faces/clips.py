@@ -15,9 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-import faces
+from faces import detect, video
 import utils
-import video
 
 log = logging.getLogger(utils.LOGGER_NAME)
 
@@ -54,7 +53,7 @@ class Clip:
 
     @property
     def status(self) -> str:
-        return faces.status(self.problem, self.detail)
+        return detect.status(self.problem, self.detail)
 
     def finish(self) -> None:
         """Join the predicted batches into the per-face arrays (once every face has its probabilities)."""
@@ -83,7 +82,7 @@ class FaceBatch:
         self.crops: list[np.ndarray] = []
         self.waiting: list[tuple] = []  # (clip, frame, time, number, box, landmarks) of each crop
 
-    def add(self, clip: Clip, index: int, seconds: float, numbers: list[int], found: list[faces.Face],
+    def add(self, clip: Clip, index: int, seconds: float, numbers: list[int], found: list[detect.Face],
             crops: list[np.ndarray]) -> None:
         for number, face, crop in sorted(zip(numbers, found, crops), key=lambda t: t[0]):
             self.waiting.append((clip, index, seconds, number, face.box, face.landmarks))
@@ -134,7 +133,7 @@ def read_clip(path: Path, finder, batch: FaceBatch, settings: dict, n_aus: int, 
     go on. The clip is complete once `waiting` is 0 and `finish` has joined its results."""
     clip = Clip(path, n_aus, video.is_video(path))
     started = time.perf_counter()
-    if isinstance(finder, faces.NoFaces):
+    if isinstance(finder, detect.NoFaces):
         clip.problem, clip.detail = finder.problem, finder.detail
         report(clip, 0.0)
         return clip
@@ -142,14 +141,14 @@ def read_clip(path: Path, finder, batch: FaceBatch, settings: dict, n_aus: int, 
         with video.open_clip(path) as reader, \
                 clip_progress(path, reader.expected_frames, quiet or not clip.is_video) as bar:
             clip.rate = reader.rate
-            numbers = faces.FaceNumbers()
+            numbers = detect.FaceNumbers()
             try:
                 for index, seconds, image in reader.frames(every):
                     bar.update(reader.decoded - bar.n)
                     clip.predicted += 1
                     try:
-                        found, crops = faces.find_faces(path, image, finder, settings)
-                    except faces.NoFaces as e:
+                        found, crops = detect.find_faces(path, image, finder, settings)
+                    except detect.NoFaces as e:
                         clip.empty.append((index, seconds, str(e)))
                         clip.frame_problems[e.problem] += 1
                         continue

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-import checkpoints
 import models
+from training import checkpoints
 import utils
 from utils import UserError
 

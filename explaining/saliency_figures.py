@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-import face_regions
-import saliency
+from explaining import face_regions, saliency
 import utils
 
 

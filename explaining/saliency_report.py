@@ -1,12 +1,12 @@
 """Where a finished run's models look, per AU, in the face's own frame: explain.py's work.
 
 Each fold's model is asked only about its own test faces (faces it never saw in training). Every
-face's map (saliency.py) is upsampled to its crop, warped onto the run's mean landmark shape
+face's map (explaining/saliency.py) is upsampled to its crop, warped onto the run's mean landmark shape
 (face_regions.Warp), and divided by its sum, so each face weighs the same; the maps are then
 averaged over the faces that code the AU and over those that do not. Each AU's FACS region
 (face_regions.REGIONS) gets the lift of the AU's mean map: its share of the map's mass on the
 face, over its share of the face's area, with a 95% interval from the subject bootstrap the
-results use (intervals.py: resample subjects, recompute the mean map's lift). The same is done
+results use (scoring/intervals.py: resample subjects, recompute the mean map's lift). The same is done
 for every AU's map against every AU's region (the matrix).
 
 Written to RUN/explain/ (or --out): regions.json, regions.csv, the printed table, AU<n>.png per AU
@@ -25,20 +25,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-import checkpoints
 import dataset
-import engine
-import face_regions
-import intervals
+from explaining import face_regions, saliency
 import preprocess
-import saliency
-import settings
+from scoring import intervals
+from training import checkpoints, engine, settings
 import utils
 from utils import UserError
 
 log = logging.getLogger(utils.LOGGER_NAME)
 
-SEEDS_FILE = "seeds.json"  # seeds.py's: a --seeds run holds one run per seed folder
+SEEDS_FILE = "seeds.json"  # training/seeds.py's: a --seeds run holds one run per seed folder
 LIFT_TEXT = ("lift = (share of the mean map's mass on the face that lies in the region) / (the region's share of "
              "the face's area); the face is the convex hull of the 68 mean landmarks and of the brows moved "
              f"{face_regions.FOREHEAD} inter-ocular distances up (the forehead); 1: the map is no denser in the "
@@ -216,7 +213,7 @@ def explain(args: argparse.Namespace) -> dict:
         record.update(lift_record(np.concatenate(tally.masses), labels, aus, masks, resampling))
         record["empty_maps"] = tally.empty
         write_regions(out, record)
-        import saliency_figures
+        from explaining import saliency_figures
 
         mean_face = (tally.face_sum / len(rows)).numpy()
         counts = labels.sum(0)
@@ -227,7 +224,7 @@ def explain(args: argparse.Namespace) -> dict:
         shares = torch.cat(tally.landmarks).numpy()  # (N, A, 68), each face-AU row sums to 1
         record["landmarks"] = landmark_record(shares, labels, aus)
         mean_points = target if images else data.geometry[rows].numpy().reshape(-1, 68, 2).mean(0)
-        import saliency_figures
+        from explaining import saliency_figures
 
         saliency_figures.draw_landmarks(out / "landmarks.png", aus, mean_points,
                                         (tally.face_sum / len(rows)).numpy() if images else None, record["landmarks"])

@@ -2,7 +2,7 @@
 
 A run folder is made once its data and folds are known to work; `--resume`, `-e` and
 predict.py find their way back into it from here. What the checkpoints in it hold is
-checkpoints.py's; the weights a run starts from are start_weights.py's.
+training/checkpoints.py's; the weights a run starts from are training/start_weights.py's.
 
     RUN_DIR/args.json                the run's settings (settings.SETTINGS), data folders, command line
     RUN_DIR/foldK/                   fold K: checkpoint.pth, predictions.csv, metrics.csv
@@ -18,13 +18,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
-import checkpoints
-import intervals
-import metrics
-import settings
-import start_weights
+from scoring import intervals, metrics
+from training import checkpoints, settings, start_weights
+from training.settings import run_settings
 import utils
-from settings import run_settings
 from utils import UserError
 
 

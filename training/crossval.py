@@ -1,7 +1,7 @@
 """Every fold of a run: training the folds still to do (and --final) into a run folder, then the
 pooled results once all folds are in; and -e, each fold's checkpoint on its own test sequences.
 
-engine.py trains one fold (`engine.train_fold`); runs.py keeps the run folder and writes the results.
+training/engine.py trains one fold (`engine.train_fold`); training/runs.py keeps the run folder and writes the results.
 """
 from __future__ import annotations
 
@@ -13,13 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import checkpoints
 import dataset
-import engine
-import metrics
 import models
-import runs
-import start_weights
+from scoring import metrics
+from training import checkpoints, engine, runs, start_weights
 import utils
 from utils import UserError
 

@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import checkpoints
-import engine
-import geometry
+from ckplus import geometry
 import models
 import preprocess
-import seeds_folder
-import settings as run_settings
+from scoring import seeds_folder
+from training import checkpoints, engine
+from training import settings as run_settings
 import utils
 from utils import UserError
 
