@@ -28,14 +28,13 @@ from PIL import Image
 import dataset
 from explaining import face_regions, saliency
 import preprocess
-from scoring import intervals
+from scoring import intervals, seeds_folder
 from training import checkpoints, engine, settings
 import utils
 from utils import UserError
 
 log = logging.getLogger(utils.LOGGER_NAME)
 
-SEEDS_FILE = "seeds.json"  # training/seeds.py's: a --seeds run holds one run per seed folder
 LIFT_TEXT = ("lift = (share of the mean map's mass on the face that lies in the region) / (the region's share of "
              "the face's area); the face is the convex hull of the 68 mean landmarks and of the brows moved "
              f"{face_regions.FOREHEAD} inter-ocular distances up (the forehead); 1: the map is no denser in the "
@@ -52,7 +51,7 @@ def run_args(run_dir: Path) -> argparse.Namespace:
     """The run's settings from its args.json, as engine.load_data reads them (peaks only)."""
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a folder: give a run folder main.py wrote")
-    if (run_dir / SEEDS_FILE).is_file():
+    if seeds_folder.is_seeds_run(run_dir):
         raise UserError(f"{run_dir} is a --seeds run: explain one seed's run, e.g. python explain.py "
                         f"{run_dir / 'seed0'}")
     source = run_dir / "args.json"
