@@ -170,7 +170,7 @@ def explain(args: argparse.Namespace) -> dict:
     with tqdm(total=len(rows), desc="faces", unit="face", leave=False,
               disable=args.quiet or not sys.stderr.isatty()) as bar:
         for path, ckpt, idx in folds:
-            model = checkpoints.build_trained_model(ckpt, path).to(device)
+            model = engine.place(checkpoints.build_trained_model(ckpt, path), device, inputs.channels_last)
             fold_method = saliency.choose_method(model, size)
             if method is None:
                 method = fold_method
