@@ -115,23 +115,26 @@ def crop_face(
         image = Image.fromarray(image)
     if image.mode != "L":
         image = image.convert("L")
-    box = crop_box(landmarks, image.size, mode, margin)
+    box = face_box(landmarks, image.size, mode, margin, fill)
     if fill == "black":
         face = image.crop(box)  # Pillow fills the area outside the frame with 0
     else:
-        face = _edge_crop(image, inside_frame(box, image.size))
+        face = _edge_crop(image, box)
     face = face.resize((size, size), Image.BILINEAR)
     return np.asarray(face, dtype=np.uint8)
 
 
-def crop_points(landmarks: np.ndarray, frame_size: tuple[int, int], size: int, mode: str = "square",
-                margin: float = DEFAULT_MARGIN, fill: str = "image") -> np.ndarray:
-    """The landmarks (68, 2, frame pixels) where `crop_face` puts them in its `size` x `size` crop:
-    the same box (moved inside the frame with fill="image"), and the resize's pixel-centre mapping."""
+def face_box(landmarks: np.ndarray, frame_size: tuple[int, int], mode: str, margin: float, fill: str):
+    """The box `crop_face` cuts: `crop_box`, moved inside the frame unless the fill is black."""
     box = crop_box(landmarks, frame_size, mode, margin)
-    if fill != "black":
-        box = inside_frame(box, frame_size)
-    left, top, right, bottom = box
+    return box if fill == "black" else inside_frame(box, frame_size)
+
+
+def crop_points(landmarks: np.ndarray, frame_size: tuple[int, int], size: int, mode: str = "square",
+                margin: float = DEFAULT_MARGIN, fill: str = DEFAULT_FILL) -> np.ndarray:
+    """The landmarks (68, 2, frame pixels) where `crop_face` puts them in its `size` x `size` crop:
+    the same box (`face_box`), and the resize's pixel-centre mapping."""
+    left, top, right, bottom = face_box(landmarks, frame_size, mode, margin, fill)
     scale = np.array([size / (right - left), size / (bottom - top)])
     return (np.asarray(landmarks, dtype=np.float64) - (left, top) + 0.5) * scale - 0.5
 
