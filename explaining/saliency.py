@@ -1,6 +1,7 @@
 """Where a trained model looks: per-AU saliency maps of face crops, with captum.
 
-- A convolutional backbone gets Grad-CAM (captum's `LayerGradCam`) at the deepest layer whose map
+- A convolutional backbone gets Grad-CAM (`grad_cam`: captum's `LayerGradCam`'s maps, batched over the
+  AUs) at the deepest layer whose map
   is at least GRID_MIN x GRID_MIN at the run's image size (`choose_method` probes the model once
   with hooks): res18's last convolution is 5x5 at 160 px, too coarse to tell the brows from the
   eyes. Only positive class evidence is kept (ReLU of the CAM), and the map is upsampled

@@ -27,6 +27,7 @@ from PIL import Image
 
 import dataset
 from explaining import face_regions, saliency
+import models
 import preprocess
 from scoring import intervals, seeds_folder
 from training import checkpoints, engine, settings
@@ -150,7 +151,7 @@ def explain(args: argparse.Namespace) -> dict:
                     [[data.ids[i], data.subjects[i], int(k), *map(int, labels[n])]
                      for n, (i, k) in enumerate(zip(rows, fold_of))])
 
-    images = run.model != "landmarks"
+    images = run.model != models.LANDMARKS
     size = run.image_size
     points = None
     if images:
